@@ -1,0 +1,1 @@
+"""Client-side pieces: the ProxyCommand helper and the generated ssh_config block."""

@@ -1,0 +1,173 @@
+"""One connection on the daemon's unix socket: a request, replies, then maybe SSH.
+
+    AWAIT_REQUEST --CONNECT--> CONNECTING --ok--> SSH (bytes go to a ClientTransport)
+                  --CAPTURE--> AWAIT_CAPTURE --payload+fd--> CLOSED
+    any state --error or bad input--> CLOSED (after one ERROR line where possible)
+"""
+
+from __future__ import annotations
+
+import os
+import socket
+import struct
+from enum import Enum, auto
+from typing import TYPE_CHECKING
+
+from twisted.internet import defer, interfaces, protocol
+from twisted.logger import Logger
+from twisted.python.failure import Failure
+from zope.interface import implementer
+
+from relayd.protocol import MAX_CAPTURE_PAYLOAD, MAX_REQUEST_LINE, BadRequest, Capture, parse_request, reply
+
+if TYPE_CHECKING:
+    from relayd.daemon import RelayDaemon
+    from relayd.downstream import ClientTransport
+
+log = Logger()
+
+
+class UserError(Exception):
+    """A failure whose message is meant for the user's terminal, as is."""
+
+
+def peer_uid(sock: socket.socket) -> int:
+    """The uid of the process at the other end of a unix socket (Linux SO_PEERCRED)."""
+    creds = sock.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED, struct.calcsize("3i"))
+    return struct.unpack("3i", creds)[1]
+
+
+class _State(Enum):
+    AWAIT_REQUEST = auto()
+    AWAIT_CAPTURE = auto()
+    CONNECTING = auto()
+    SSH = auto()
+    CLOSED = auto()
+
+
+@implementer(interfaces.IFileDescriptorReceiver)
+class ControlConnection(protocol.Protocol):
+    def __init__(self, daemon: RelayDaemon) -> None:
+        self._daemon = daemon
+        self._state = _State.AWAIT_REQUEST
+        self._buffer = b""
+        self._fds: list[int] = []
+        self._capture: Capture | None = None
+        self._ssh: ClientTransport | None = None
+
+    def connectionMade(self) -> None:
+        uid = peer_uid(self.transport.getHandle())
+        if uid != os.getuid():
+            log.warn("refused a connection from uid {uid}: only uid {own} may use this relay", uid=uid, own=os.getuid())
+            self._state = _State.CLOSED
+            self.transport.abortConnection()
+
+    def fileDescriptorReceived(self, descriptor: int) -> None:
+        if self._state is _State.CLOSED or len(self._fds) >= 1:
+            os.close(descriptor)  # only a capture carries one descriptor
+        else:
+            self._fds.append(descriptor)
+
+    def dataReceived(self, data: bytes) -> None:
+        if self._state is _State.SSH:
+            assert self._ssh is not None
+            self._ssh.dataReceived(data)
+            return
+        if self._state is _State.CLOSED:
+            return
+        self._buffer += data
+        if self._state is _State.AWAIT_REQUEST:
+            self._read_request()
+        if self._state is _State.AWAIT_CAPTURE:
+            self._read_capture()
+
+    def _read_request(self) -> None:
+        line, found, rest = self._buffer.partition(b"\n")
+        if not found:
+            if len(self._buffer) > MAX_REQUEST_LINE:
+                self._fail("request line too long")
+            return
+        self._buffer = rest
+        try:
+            request = parse_request(line.rstrip(b"\r"))
+        except BadRequest as exc:
+            self._fail(str(exc))
+            return
+        if isinstance(request, Capture):
+            self._capture = request
+            self._state = _State.AWAIT_CAPTURE
+            return
+        self._state = _State.CONNECTING
+        connecting = defer.ensureDeferred(self._daemon.connect(request.host, request.port, self._progress))
+        connecting.addCallbacks(self._connected, self._connect_failed)
+
+    def _read_capture(self) -> None:
+        payload, found, _ = self._buffer.partition(b"\n")
+        if not found:
+            if len(self._buffer) > MAX_CAPTURE_PAYLOAD:
+                self._fail("capture too large")
+            return
+        if len(self._fds) != 1:
+            self._fail("capture came without the job's socket")
+            return
+        assert self._capture is not None
+        try:
+            self._daemon.captures.deliver(self._capture.token, payload, self._fds.pop())
+        except ValueError as exc:
+            self._fail(str(exc))
+            return
+        self.transport.write(reply("OK"))
+        self._close()
+
+    def _progress(self, text: str) -> None:
+        if self._state is _State.CONNECTING:
+            self.transport.write(reply("PROGRESS", text))
+
+    def _connected(self, upstream) -> None:  # type: ignore[no-untyped-def]
+        if self._state is not _State.CONNECTING:
+            return
+        self.transport.write(reply("OK"))
+        self._state = _State.SSH
+        self._ssh = self._daemon.client_factory.buildProtocol(None)
+        self._ssh.makeConnection(self.transport)
+        self._ssh.bind(upstream)
+        if self._buffer:
+            data, self._buffer = self._buffer, b""
+            self._ssh.dataReceived(data)
+
+    def _connect_failed(self, failure: Failure) -> None:
+        if failure.check(UserError):
+            message = str(failure.value)
+        else:
+            log.failure("connect failed", failure)
+            message = f"internal error in relayd: {failure.getErrorMessage()}"
+        self._fail(message)
+
+    def _fail(self, message: str) -> None:
+        if self._state is _State.CLOSED:
+            return
+        log.info("request failed: {message}", message=message)
+        self.transport.write(reply("ERROR", message))
+        self._close()
+
+    def _close(self) -> None:
+        self._state = _State.CLOSED
+        self.transport.loseConnection()
+
+    def connectionLost(self, reason: Failure = protocol.connectionDone) -> None:
+        self._state = _State.CLOSED
+        for fd in self._fds:
+            os.close(fd)
+        self._fds.clear()
+        if self._ssh is not None:
+            self._ssh.connectionLost(reason)
+
+
+class ControlFactory(protocol.Factory):
+    noisy = False
+
+    def __init__(self, daemon: RelayDaemon) -> None:
+        self._daemon = daemon
+
+    def buildProtocol(self, addr):  # type: ignore[no-untyped-def]
+        return ControlConnection(self._daemon)

@@ -1,0 +1,95 @@
+"""The client leg: ssh talks SSH to the relay's own host key over the daemon's unix socket.
+
+The socket's peer was already checked to be the daemon's own user (SO_PEERCRED), so user
+authentication accepts the client's first request (ssh tries `none` first). From then on
+connection-layer messages go to the job's `Relay` untouched but for channel ids.
+"""
+
+from __future__ import annotations
+
+from twisted.conch.ssh import factory, keys, service, transport, userauth
+from twisted.conch.ssh.common import getNS
+from twisted.logger import Logger
+from twisted.python.failure import Failure
+
+from relayd.relay import Client, ProtocolViolation
+from relayd.upstream import Upstream
+
+
+class _AcceptingUserAuth(service.SSHService):
+    name = b"ssh-userauth"
+
+    def packetReceived(self, messageNum: int, packet: bytes) -> None:
+        if messageNum != userauth.MSG_USERAUTH_REQUEST:
+            return  # e.g. USERAUTH_INFO_RESPONSE leftovers; nothing to answer
+        try:
+            user, service_name, _method, _ = getNS(packet, 3)
+        except Exception:
+            self.transport.sendDisconnect(transport.DISCONNECT_PROTOCOL_ERROR, b"bad userauth request")
+            return
+        if service_name != b"ssh-connection":
+            self.transport.sendDisconnect(transport.DISCONNECT_SERVICE_NOT_AVAILABLE, b"only ssh-connection")
+            return
+        self.transport.username = user
+        self.transport.sendPacket(userauth.MSG_USERAUTH_SUCCESS, b"")
+        self.transport.setService(_ClientConnection())
+
+
+class _ClientConnection(service.SSHService):
+    name = b"ssh-connection"
+
+    def packetReceived(self, messageNum: int, packet: bytes) -> None:
+        self.transport.relay_from_client(messageNum, packet)
+
+
+class ClientTransport(transport.SSHServerTransport):
+    """One ssh client's connection, bound to an upstream when the daemon said OK."""
+
+    _log = Logger(namespace="relayd.ssh")
+    upstream: Upstream
+    client: Client | None = None
+    username = b""
+
+    def receiveError(self, reasonCode: int, description: bytes) -> None:
+        self._log.debug("client disconnected: {reason}", reason=description)
+
+    def bind(self, upstream: Upstream) -> None:
+        self.upstream = upstream
+        self.client = upstream.attach(self)
+
+    def relay_from_client(self, messageNum: int, packet: bytes) -> None:
+        assert self.client is not None
+        try:
+            self.upstream.relay.from_client(self.client, messageNum, packet)
+        except ProtocolViolation as exc:
+            self.sendDisconnect(transport.DISCONNECT_PROTOCOL_ERROR, str(exc).encode())
+
+    # ClientLink
+    def send(self, msgnum: int, payload: bytes) -> None:
+        self.sendPacket(msgnum, payload)
+
+    def disconnect(self, reason: str) -> None:
+        self.sendDisconnect(transport.DISCONNECT_BY_APPLICATION, reason.encode())
+
+    def connectionLost(self, reason: Failure | None = None) -> None:
+        super().connectionLost(reason)
+        if self.client is not None:
+            self.upstream.detach(self.client)
+            self.client = None
+
+
+class ClientTransportFactory(factory.SSHFactory):
+    """Builds client-leg transports that present the relay's host key."""
+
+    _log = Logger(namespace="relayd.ssh")
+    noisy = False
+    protocol = ClientTransport
+    services = {b"ssh-userauth": _AcceptingUserAuth}
+
+    def __init__(self, host_key: keys.Key) -> None:
+        self.publicKeys = {host_key.sshType(): host_key.public()}
+        self.privateKeys = {host_key.sshType(): host_key}
+        self.primes = None
+
+    def getService(self, transport, service):  # type: ignore[no-untyped-def]
+        return self.services.get(service)

@@ -1,0 +1,60 @@
+"""The host-name grammar: `job-<cluster>[.<proc>[.<node>]][.<label>].<domain>`.
+
+Stdlib only (the ProxyCommand helper may import it).
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+
+_LABEL = r"[a-z][a-z0-9_-]{0,62}"
+_NUMBER = r"(?:0|[1-9][0-9]{0,9})"
+
+
+class BadHostName(ValueError):
+    """A host name that is not a job name; the message names the expected form."""
+
+
+@dataclass(frozen=True)
+class JobName:
+    cluster: int
+    proc: int = 0
+    node: int | None = None
+    label: str | None = None
+
+    @property
+    def job_id(self) -> str:
+        """The job id as condor_ssh_to_job takes it: C.P or C.P.N."""
+        base = f"{self.cluster}.{self.proc}"
+        return base if self.node is None else f"{base}.{self.node}"
+
+    def host(self, domain: str) -> str:
+        parts = [f"job-{self.job_id}"] + ([self.label] if self.label else []) + [domain]
+        return ".".join(parts)
+
+
+def expected_form(domain: str) -> str:
+    return f"job-<cluster>[.<proc>[.<node>]][.<schedd label>].{domain}"
+
+
+def parse_host(host: str, domain: str) -> JobName:
+    """Parse a host name such as `job-32.0.condor` into a JobName.
+
+    Raises BadHostName with a one-line message for anything else.
+    """
+    pattern = (
+        rf"job-(?P<cluster>{_NUMBER})(?:\.(?P<proc>{_NUMBER})(?:\.(?P<node>{_NUMBER}))?)?"
+        rf"(?:\.(?P<label>{_LABEL}))?\.{re.escape(domain.lower())}"
+    )
+    match = re.fullmatch(pattern, host.lower().rstrip("."), flags=re.ASCII)
+    if not match or len(host) > 253:
+        shown = host if len(host) <= 80 else host[:77] + "..."
+        raise BadHostName(f"{shown!r} is not a job name; expected {expected_form(domain)}, e.g. job-32.0.{domain}")
+    node = match["node"]
+    return JobName(
+        cluster=int(match["cluster"]),
+        proc=int(match["proc"] or 0),
+        node=int(node) if node is not None else None,
+        label=match["label"],
+    )

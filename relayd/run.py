@@ -1,0 +1,54 @@
+"""`relayd run`: the daemon in the foreground, logging to stderr."""
+
+from __future__ import annotations
+
+import signal
+import sys
+
+from relayd.config import ConfigError, load_config
+from relayd.paths import Paths
+
+
+def _start_logging(verbose: bool) -> None:
+    from twisted.logger import (
+        FilteringLogObserver,
+        LogLevel,
+        LogLevelFilterPredicate,
+        globalLogBeginner,
+        textFileLogObserver,
+    )
+
+    level = LogLevel.debug if verbose else LogLevel.info
+    predicate = LogLevelFilterPredicate(defaultLogLevel=level)
+    # Conch logs each key exchange and connection at info level; keep it quiet unless asked.
+    if not verbose:
+        predicate.setLogLevelForNamespace("relayd.ssh", LogLevel.warn)
+    observer = FilteringLogObserver(textFileLogObserver(sys.stderr), [predicate])
+    globalLogBeginner.beginLoggingTo([observer], redirectStandardIO=False)
+
+
+def run(paths: Paths, verbose: bool = False) -> int:
+    try:
+        config = load_config(paths.config_file)
+    except ConfigError as exc:
+        print(f"relayd: {exc}", file=sys.stderr)
+        return 2
+    from twisted.internet import reactor
+
+    from relayd.daemon import AlreadyRunning, RelayDaemon
+
+    _start_logging(verbose)
+    daemon = RelayDaemon(reactor, config, paths)
+    try:
+        daemon.listen()
+    except AlreadyRunning as exc:
+        print(f"relayd: {exc}", file=sys.stderr)
+        return 1
+
+    def shutdown(signum, frame) -> None:  # type: ignore[no-untyped-def]
+        reactor.callFromThread(lambda: daemon.stop().addBoth(lambda _: reactor.stop()))
+
+    signal.signal(signal.SIGTERM, shutdown)
+    signal.signal(signal.SIGINT, shutdown)
+    reactor.run(installSignalHandlers=False)
+    return 0

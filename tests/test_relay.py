@@ -1,0 +1,176 @@
+"""The relay core without sockets: channel-id translation, routing and clean-up."""
+
+import struct
+
+import pytest
+
+from relayd import relay as r
+
+
+def u32(v):
+    return struct.pack(">L", v)
+
+
+def s(b):
+    return u32(len(b)) + b
+
+
+class Link:
+    def __init__(self):
+        self.sent = []
+        self.disconnected = None
+
+    def send(self, msgnum, payload):
+        self.sent.append((msgnum, payload))
+
+    def disconnect(self, reason):
+        self.disconnected = reason
+
+
+@pytest.fixture
+def setup():
+    upstream = []
+    relay = r.Relay(lambda n, p: upstream.append((n, p)))
+    return relay, upstream
+
+
+def open_session(relay, upstream, client, client_id, server_id):
+    relay.from_client(client, r.CHANNEL_OPEN, s(b"session") + u32(client_id) + u32(2 << 20) + u32(32768))
+    num, payload = upstream.pop()
+    assert num == r.CHANNEL_OPEN
+    relay_id = struct.unpack(">L", payload[11:15])[0]
+    assert payload[15:] == u32(2 << 20) + u32(32768)  # window and packet size untouched
+    relay.from_upstream(r.CHANNEL_OPEN_CONFIRMATION, u32(relay_id) + u32(server_id) + u32(1 << 20) + u32(16384))
+    assert client.link.sent.pop() == (
+        r.CHANNEL_OPEN_CONFIRMATION,
+        u32(client_id) + u32(relay_id) + u32(1 << 20) + u32(16384),
+    )
+    return relay_id
+
+
+def test_two_clients_with_the_same_channel_ids_do_not_collide(setup):
+    relay, upstream = setup
+    a, b = relay.attach(Link()), relay.attach(Link())
+    ra = open_session(relay, upstream, a, 0, 100)
+    rb = open_session(relay, upstream, b, 0, 101)
+    assert ra != rb
+    relay.from_client(a, r.CHANNEL_DATA, u32(ra) + s(b"from a"))
+    relay.from_client(b, r.CHANNEL_DATA, u32(rb) + s(b"from b"))
+    assert upstream[-2:] == [(r.CHANNEL_DATA, u32(100) + s(b"from a")), (r.CHANNEL_DATA, u32(101) + s(b"from b"))]
+    relay.from_upstream(r.CHANNEL_EXTENDED_DATA, u32(rb) + u32(1) + s(b"err"))
+    assert b.link.sent == [(r.CHANNEL_EXTENDED_DATA, u32(0) + u32(1) + s(b"err"))]
+    assert a.link.sent == []
+
+
+def test_window_adjust_and_requests_pass_through(setup):
+    relay, upstream = setup
+    a = relay.attach(Link())
+    rid = open_session(relay, upstream, a, 3, 7)
+    relay.from_client(a, r.CHANNEL_WINDOW_ADJUST, u32(rid) + u32(65536))
+    relay.from_client(a, r.CHANNEL_REQUEST, u32(rid) + s(b"exec") + b"\1" + s(b"true"))
+    assert upstream[-2:] == [
+        (r.CHANNEL_WINDOW_ADJUST, u32(7) + u32(65536)),
+        (r.CHANNEL_REQUEST, u32(7) + s(b"exec") + b"\1" + s(b"true")),
+    ]
+    relay.from_upstream(r.CHANNEL_SUCCESS, u32(rid))
+    relay.from_upstream(r.CHANNEL_REQUEST, u32(rid) + s(b"exit-status") + b"\0" + u32(7))
+    assert a.link.sent == [(r.CHANNEL_SUCCESS, u32(3)), (r.CHANNEL_REQUEST, u32(3) + s(b"exit-status") + b"\0" + u32(7))]
+
+
+def test_close_from_both_sides_frees_the_channel(setup):
+    relay, upstream = setup
+    a = relay.attach(Link())
+    rid = open_session(relay, upstream, a, 0, 9)
+    relay.from_upstream(r.CHANNEL_CLOSE, u32(rid))
+    assert relay.channels == 1
+    relay.from_client(a, r.CHANNEL_CLOSE, u32(rid))
+    assert upstream[-1] == (r.CHANNEL_CLOSE, u32(9))
+    assert relay.channels == 0
+
+
+def test_detached_client_closes_its_channels_upstream(setup):
+    relay, upstream = setup
+    a, b = relay.attach(Link()), relay.attach(Link())
+    ra = open_session(relay, upstream, a, 0, 10)
+    open_session(relay, upstream, b, 0, 11)
+    relay.detach(a)
+    assert upstream[-1] == (r.CHANNEL_CLOSE, u32(10))
+    relay.from_upstream(r.CHANNEL_DATA, u32(ra) + s(b"late"))  # dropped, not sent to b
+    relay.from_upstream(r.CHANNEL_CLOSE, u32(ra))
+    assert b.link.sent == [] and relay.channels == 1 and relay.clients == 1
+
+
+def test_open_pending_when_client_leaves_is_closed_on_confirmation(setup):
+    relay, upstream = setup
+    a = relay.attach(Link())
+    relay.from_client(a, r.CHANNEL_OPEN, s(b"session") + u32(0) + u32(1000) + u32(1000))
+    rid = struct.unpack(">L", upstream[-1][1][11:15])[0]
+    relay.detach(a)
+    relay.from_upstream(r.CHANNEL_OPEN_CONFIRMATION, u32(rid) + u32(5) + u32(1000) + u32(1000))
+    assert upstream[-1] == (r.CHANNEL_CLOSE, u32(5))
+    relay.from_upstream(r.CHANNEL_CLOSE, u32(rid))
+    assert relay.channels == 0
+
+
+def test_foreign_channel_is_a_protocol_violation(setup):
+    relay, upstream = setup
+    a, b = relay.attach(Link()), relay.attach(Link())
+    ra = open_session(relay, upstream, a, 0, 1)
+    with pytest.raises(r.ProtocolViolation):
+        relay.from_client(b, r.CHANNEL_DATA, u32(ra) + s(b"sneaky"))
+    with pytest.raises(r.ProtocolViolation):
+        relay.from_client(b, r.CHANNEL_DATA, b"\0")
+
+
+def test_keepalive_is_answered_locally_and_hostkeys_are_not_passed_on(setup):
+    relay, upstream = setup
+    a = relay.attach(Link())
+    relay.from_client(a, r.GLOBAL_REQUEST, s(b"keepalive@openssh.com") + b"\1")
+    assert a.link.sent == [(r.REQUEST_FAILURE, b"")] and upstream == []
+    relay.from_upstream(r.GLOBAL_REQUEST, s(b"hostkeys-00@openssh.com") + b"\0" + s(b"key"))
+    assert a.link.sent == [(r.REQUEST_FAILURE, b"")] and upstream == []
+
+
+def test_no_more_sessions_applies_to_that_client_only(setup):
+    relay, upstream = setup
+    a, b = relay.attach(Link()), relay.attach(Link())
+    relay.from_client(a, r.GLOBAL_REQUEST, s(b"no-more-sessions@openssh.com") + b"\0")
+    relay.from_client(a, r.CHANNEL_OPEN, s(b"session") + u32(4) + u32(1) + u32(1))
+    assert a.link.sent[-1][0] == r.CHANNEL_OPEN_FAILURE and upstream == []
+    open_session(relay, upstream, b, 0, 1)
+
+
+def test_remote_forward_channels_go_to_the_client_that_asked(setup):
+    relay, upstream = setup
+    a, b = relay.attach(Link()), relay.attach(Link())
+    relay.from_client(a, r.GLOBAL_REQUEST, s(b"tcpip-forward") + b"\1" + s(b"localhost") + u32(0))
+    relay.from_client(b, r.GLOBAL_REQUEST, s(b"tcpip-forward") + b"\1" + s(b"localhost") + u32(8022))
+    relay.from_upstream(r.REQUEST_SUCCESS, u32(40001))  # a's, with the allocated port
+    relay.from_upstream(r.REQUEST_SUCCESS, b"")
+    assert a.link.sent == [(r.REQUEST_SUCCESS, u32(40001))] and b.link.sent == [(r.REQUEST_SUCCESS, b"")]
+    extra = s(b"localhost") + u32(40001) + s(b"127.0.0.1") + u32(5555)
+    relay.from_upstream(r.CHANNEL_OPEN, s(b"forwarded-tcpip") + u32(77) + u32(1000) + u32(500) + extra)
+    num, payload = a.link.sent[-1]
+    assert num == r.CHANNEL_OPEN and payload.endswith(u32(1000) + u32(500) + extra)
+    rid = struct.unpack(">L", payload[19:23])[0]
+    relay.from_client(a, r.CHANNEL_OPEN_CONFIRMATION, u32(rid) + u32(12) + u32(2000) + u32(600))
+    assert upstream[-1] == (r.CHANNEL_OPEN_CONFIRMATION, u32(77) + u32(rid) + u32(2000) + u32(600))
+    relay.detach(a)  # the job stops listening for a client that is gone
+    assert (r.GLOBAL_REQUEST, s(b"cancel-tcpip-forward") + b"\0" + s(b"localhost") + u32(40001)) in upstream
+
+
+def test_unroutable_server_open_is_refused(setup):
+    relay, upstream = setup
+    relay.attach(Link())
+    relay.from_upstream(r.CHANNEL_OPEN, s(b"auth-agent@openssh.com") + u32(3) + u32(1) + u32(1))
+    assert upstream[-1][0] == r.CHANNEL_OPEN_FAILURE and upstream[-1][1][:4] == u32(3)
+
+
+def test_shutdown_disconnects_every_client(setup):
+    relay, upstream = setup
+    a, b = relay.attach(Link()), relay.attach(Link())
+    open_session(relay, upstream, a, 0, 1)
+    sent = len(upstream)
+    relay.shutdown("job 1.0 completed")
+    assert a.link.disconnected == b.link.disconnected == "job 1.0 completed"
+    assert len(upstream) == sent and relay.channels == 0 and relay.clients == 0
