@@ -12,6 +12,7 @@ import time
 from typing import Callable
 
 from twisted.conch.ssh import service, transport, userauth
+from twisted.conch.ssh.common import NS
 from twisted.internet import defer, protocol
 from twisted.internet.interfaces import IReactorSocket, IReactorTime
 from twisted.logger import Logger
@@ -25,27 +26,51 @@ log = Logger()
 
 
 class _NegotiatedKeyAuth(userauth.SSHUserAuthClient):
-    """Public-key authentication with the one negotiated key, and nothing else."""
+    """Public-key authentication with the one negotiated key, and nothing else.
+
+    Conch's own publickey method signs RSA with SHA-1 (`ssh-rsa`), which OpenSSH refuses
+    since 8.8; the starter's default key is RSA, so sign with rsa-sha2-512 when the
+    server lists it in server-sig-algs (RFC 8308), as OpenSSH's client does.
+    """
 
     _log = Logger(namespace="relayd.ssh")
     preferredOrder = [b"publickey"]
-
-    def tryAuth(self, kind):  # type: ignore[no-untyped-def]
-        return super().tryAuth(kind) if kind == b"publickey" else None
 
     def __init__(self, credentials: Credentials, instance: service.SSHService) -> None:
         super().__init__(credentials.user.encode(), instance)
         self._key = credentials.private_key
         self._offered = False
 
-    def getPublicKey(self):  # type: ignore[no-untyped-def]
-        if self._offered:
-            return None
-        self._offered = True
-        return self._key.public()
+    def tryAuth(self, kind):  # type: ignore[no-untyped-def]
+        return super().tryAuth(kind) if kind == b"publickey" else None
 
-    def getPrivateKey(self):  # type: ignore[no-untyped-def]
-        return defer.succeed(self._key)
+    def _algorithm(self) -> bytes:
+        if self._key.type() != "RSA":
+            return self._key.sshType()
+        offered = self.transport.peerExtensions.get(b"server-sig-algs", b"").split(b",")
+        for algorithm in (b"rsa-sha2-512", b"rsa-sha2-256"):
+            if algorithm in offered:
+                return algorithm
+        return b"ssh-rsa"
+
+    def auth_publickey(self) -> bool:  # type: ignore[override]
+        if self._offered:
+            return False
+        self._offered = True
+        algorithm, blob = self._algorithm(), self._key.public().blob()
+        signed = (
+            NS(self.transport.sessionID)
+            + bytes((userauth.MSG_USERAUTH_REQUEST,))
+            + NS(self.user)
+            + NS(self.instance.name)
+            + NS(b"publickey")
+            + b"\x01"
+            + NS(algorithm)
+            + NS(blob)
+        )
+        signature = self._key.sign(signed, signatureType=algorithm)
+        self.askForAuth(b"publickey", b"\x01" + NS(algorithm) + NS(blob) + NS(signature))
+        return True
 
 
 class _UpstreamConnection(service.SSHService):
