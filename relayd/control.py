@@ -123,14 +123,14 @@ class ControlConnection(protocol.Protocol):
         if self._state is _State.CONNECTING:
             self.transport.write(reply("PROGRESS", text))
 
-    def _connected(self, upstream) -> None:  # type: ignore[no-untyped-def]
+    def _connected(self, session) -> None:  # type: ignore[no-untyped-def]
         if self._state is not _State.CONNECTING:
             return
         self.transport.write(reply("OK"))
         self._state = _State.SSH
         self._ssh = self._daemon.client_factory.buildProtocol(None)
         self._ssh.makeConnection(self.transport)
-        self._ssh.bind(upstream)
+        self._ssh.bind(session)
         if self._buffer:
             data, self._buffer = self._buffer, b""
             self._ssh.dataReceived(data)

@@ -5,47 +5,24 @@ from __future__ import annotations
 import errno
 import os
 import socket
-from typing import Callable
 
 from twisted.internet import defer, threads
 from twisted.logger import Logger
-from twisted.python.failure import Failure
 
 from relayd.config import Config
 from relayd.control import ControlFactory, UserError
 from relayd.downstream import ClientTransportFactory
 from relayd.hostkey import load_or_create
+from relayd.jobs import JobSession, Progress
 from relayd.lookup import HTCondorSource, JobSource, LookupFailed, SandboxSource, explain
 from relayd.names import BadHostName, JobName, parse_host
-from relayd.negotiate import Captures, NegotiationFailed, Negotiator
+from relayd.negotiate import Captures, Credentials, NegotiationFailed, Negotiator
 from relayd.paths import Paths, private_dir
-from relayd.upstream import Upstream
 
 log = Logger()
 
-Progress = Callable[[str], None]
-
-
 class AlreadyRunning(Exception):
     pass
-
-
-class _Negotiation:
-    """One negotiation in flight, shared by every client that asks for the job meanwhile."""
-
-    def __init__(self) -> None:
-        self.waiters: list[defer.Deferred[Upstream]] = []
-        self.listeners: list[Progress] = []
-
-    def progress(self, text: str) -> None:
-        for listener in self.listeners:
-            listener(text)
-
-    def join(self, progress: Progress) -> defer.Deferred[Upstream]:
-        waiter: defer.Deferred[Upstream] = defer.Deferred()
-        self.waiters.append(waiter)
-        self.listeners.append(progress)
-        return waiter
 
 
 def _job_source(config: Config) -> JobSource | None:
@@ -63,9 +40,8 @@ class RelayDaemon:
         self.config = config
         self.paths = paths
         self.captures = Captures()
-        self.upstreams: dict[JobName, Upstream] = {}
+        self.jobs: dict[JobName, JobSession] = {}
         self.negotiations = 0
-        self._in_flight: dict[JobName, _Negotiation] = {}
         self._source = _job_source(config)
         self._port = None
         private_dir(paths.state_dir)
@@ -98,48 +74,33 @@ class RelayDaemon:
         log.info("relayd listening on {path}", path=str(path))
 
     def stop(self) -> defer.Deferred[None]:
-        for upstream in list(self.upstreams.values()):
-            upstream.close("relayd is shutting down")
+        for session in list(self.jobs.values()):
+            session.close("relayd is shutting down")
         return defer.maybeDeferred(self._port.stopListening) if self._port else defer.succeed(None)
 
     # -- connecting clients -------------------------------------------------------------
 
-    async def connect(self, host: str, port: int, progress: Progress) -> Upstream:
-        """Resolve `host` to a job and return its authenticated upstream (negotiating once)."""
+    async def connect(self, host: str, port: int, progress: Progress) -> JobSession:
+        """Resolve `host` to a job and return its session once connected (negotiating once)."""
         try:
             job = parse_host(host, self.config.domain)
         except BadHostName as exc:
             raise UserError(str(exc)) from None
-        upstream = self.upstreams.get(job)
-        if upstream is not None and not upstream.closed:
-            return upstream
-        negotiation = self._in_flight.get(job)
-        if negotiation is None:
-            negotiation = self._in_flight[job] = _Negotiation()
-            defer.ensureDeferred(self._establish(job, negotiation))
-        return await negotiation.join(progress)
-
-    async def _establish(self, job: JobName, negotiation: _Negotiation) -> None:
-        result: Upstream | Failure
+        session = self.jobs.get(job)
+        if session is None:
+            session = self.jobs[job] = JobSession(
+                job, lambda progress, first: self._open_leg(job, progress, first), self.reactor,
+                self.config.idle_timeout, self._session_closed,
+            )
+            session.start()
         try:
-            result = await self._negotiate(job, negotiation.progress)
+            return await session.wait_ready(progress)
         except (NegotiationFailed, LookupFailed) as exc:
-            result = Failure(UserError(str(exc)))
-        except Exception:
-            result = Failure()
-            log.failure("negotiation with job {job} failed", result, job=job.job_id)
-        else:
-            self.upstreams[job] = result
-        finally:
-            del self._in_flight[job]
-        for waiter in negotiation.waiters:
-            if isinstance(result, Failure):
-                waiter.errback(result)
-            else:
-                waiter.callback(result)
+            raise UserError(str(exc)) from None
 
-    async def _negotiate(self, job: JobName, progress: Progress) -> Upstream:
-        if self._source is not None:
+    async def _open_leg(self, job: JobName, progress: Progress, first: bool) -> Credentials:
+        """Negotiate one upstream connection; the first one looks the job up beforehand."""
+        if first and self._source is not None:
             ad = await threads.deferToThread(self._source.query, job)
             reason = explain(job, ad)
             if reason:
@@ -151,14 +112,12 @@ class RelayDaemon:
                 "install HTCondor's tools or set condor_ssh_to_job in the config"
             )
         progress(f"negotiating with job {job.job_id} through condor_ssh_to_job")
-        negotiator = Negotiator(
-            self.reactor, tool, self.captures, str(self.paths.socket), self.config.negotiation_timeout
-        )
         self.negotiations += 1
-        credentials = await negotiator.negotiate(job)
-        upstream = Upstream(job, self.reactor, self.config.idle_timeout, self._upstream_closed)
-        return await upstream.start(credentials)
+        return await self._negotiator(tool).negotiate(job)
 
-    def _upstream_closed(self, upstream: Upstream) -> None:
-        if self.upstreams.get(upstream.job) is upstream:
-            del self.upstreams[upstream.job]
+    def _negotiator(self, tool: str) -> Negotiator:
+        return Negotiator(self.reactor, tool, self.captures, str(self.paths.socket), self.config.negotiation_timeout)
+
+    def _session_closed(self, session: JobSession) -> None:
+        if self.jobs.get(session.job) is session:
+            del self.jobs[session.job]

@@ -12,8 +12,8 @@ from twisted.conch.ssh.common import getNS
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 
+from relayd.jobs import JobSession
 from relayd.relay import Client, ProtocolViolation
-from relayd.upstream import Upstream
 
 
 class _AcceptingUserAuth(service.SSHService):
@@ -43,24 +43,24 @@ class _ClientConnection(service.SSHService):
 
 
 class ClientTransport(transport.SSHServerTransport):
-    """One ssh client's connection, bound to an upstream when the daemon said OK."""
+    """One ssh client's connection, bound to a job's session when the daemon said OK."""
 
     _log = Logger(namespace="relayd.ssh")
-    upstream: Upstream
+    session: JobSession
     client: Client | None = None
     username = b""
 
     def receiveError(self, reasonCode: int, description: bytes) -> None:
         self._log.debug("client disconnected: {reason}", reason=description)
 
-    def bind(self, upstream: Upstream) -> None:
-        self.upstream = upstream
-        self.client = upstream.attach(self)
+    def bind(self, session: JobSession) -> None:
+        self.session = session
+        self.client = session.attach(self)
 
     def relay_from_client(self, messageNum: int, packet: bytes) -> None:
         assert self.client is not None
         try:
-            self.upstream.relay.from_client(self.client, messageNum, packet)
+            self.session.relay.from_client(self.client, messageNum, packet)
         except ProtocolViolation as exc:
             self.sendDisconnect(transport.DISCONNECT_PROTOCOL_ERROR, str(exc).encode())
 
@@ -74,7 +74,7 @@ class ClientTransport(transport.SSHServerTransport):
     def connectionLost(self, reason: Failure | None = None) -> None:
         super().connectionLost(reason)
         if self.client is not None:
-            self.upstream.detach(self.client)
+            self.session.detach(self.client)
             self.client = None
 
 

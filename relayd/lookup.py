@@ -36,11 +36,11 @@ class SandboxSource:
         self._pool_dir = pool_dir
 
     def query(self, job: JobName) -> dict[str, object] | None:
-        from relayd.sandbox.pool import load_ads
+        from relayd.sandbox.pool import PoolError, load_ads
 
         try:
             ads = load_ads(self._pool_dir)
-        except OSError as exc:
+        except (OSError, PoolError) as exc:
             raise LookupFailed(f"cannot read the sandbox pool at {self._pool_dir}: {exc}") from None
         for ad in ads:
             if ad.get("ClusterId") == job.cluster and ad.get("ProcId") == job.proc:
@@ -74,7 +74,7 @@ class HTCondorSource:
             raise
         except Exception as exc:  # the bindings raise HTCondorException and plain IOError/ValueError
             raise LookupFailed(f"cannot query the schedd: {exc}") from None
-        return {key: ad.get(key) for key in ATTRIBUTES} if ads else None
+        return {key: ads[0].get(key) for key in ATTRIBUTES} if ads else None
 
 
 def _duration(seconds: float) -> str:

@@ -1,12 +1,18 @@
-"""The relay core: many client SSH connections share one upstream connection's channels.
+"""The relay core: many client SSH connections share a job's upstream connections.
 
-Sans-IO: a `Relay` is fed connection-layer messages (RFC 4254, numbers 80-100) from each
-side and calls `send` functions; it never touches a socket, so it is tested on its own.
+Sans-IO: a `Relay` is fed connection-layer messages (RFC 4254, numbers 80-100) from the
+clients and from the job's upstream connections ("legs") and calls their `send`; it never
+touches a socket, so it is tested on its own.
 
 Channel ids are translated, nothing else is rewritten: windows, packet sizes and data pass
 through untouched, so flow control stays end to end between ssh and the job's sshd and the
-relay never holds more than the two peers allow. Each channel gets one relay id that is
-used on both legs (unique per upstream, hence unique within each client connection).
+relay never holds more than the two peers allow. Each channel gets one relay id, unique
+within the job, used towards both the client and the leg it lives on.
+
+A job's sshd allows `MaxSessions` (10) session channels per connection. When every leg is
+full, session opens wait while the owner negotiates another leg (`need_leg`), so clients
+never see the limit. Global requests and everything they cause (remote forwards) live on
+the first leg, which is kept while any client is attached.
 """
 
 from __future__ import annotations
@@ -33,7 +39,6 @@ CHANNEL_FAILURE = 100
 
 OPEN_ADMINISTRATIVELY_PROHIBITED = 1
 OPEN_CONNECT_FAILED = 2
-OPEN_UNKNOWN_CHANNEL_TYPE = 3
 
 # Messages whose first field is the recipient channel and that are routed by it.
 _CHANNEL_MESSAGES = frozenset(range(CHANNEL_WINDOW_ADJUST, CHANNEL_FAILURE + 1))
@@ -52,6 +57,10 @@ def _u32(value: int) -> bytes:
 
 def _string(value: bytes) -> bytes:
     return struct.pack(">L", len(value)) + value
+
+
+def _open_failure(recipient: int, reason: int, text: bytes) -> bytes:
+    return _u32(recipient) + _u32(reason) + _string(text) + _string(b"")
 
 
 class _Reader:
@@ -94,15 +103,10 @@ class ClientLink(Protocol):
     def disconnect(self, reason: str) -> None: ...
 
 
-@dataclass(eq=False)
-class Channel:
-    relay_id: int
-    kind: bytes
-    client: Client
-    client_id: int | None  # the id the client knows it by (None until it confirms)
-    server_id: int | None  # the id the job's sshd knows it by (None until it confirms)
-    client_closed: bool = False
-    server_closed: bool = False
+class LegLink(Protocol):
+    """What the relay needs from one upstream connection to the job."""
+
+    def send(self, msgnum: int, payload: bytes) -> None: ...
 
 
 @dataclass(eq=False)
@@ -113,43 +117,115 @@ class Client:
     channels: set[int] = field(default_factory=set)
     attached: bool = True
     no_more_sessions: bool = False
-    wants_agent: bool = False
-    wants_x11: bool = False
 
 
-@dataclass(frozen=True)
-class _PendingReply:
+@dataclass(eq=False)
+class Leg:
+    """One upstream connection as the relay sees it."""
+
+    link: LegLink
+    capacity: int  # session channels this connection takes (sshd's MaxSessions)
+    channels: set[int] = field(default_factory=set)
+    sessions: int = 0
+    pending_replies: deque[tuple[Client, bytes, bytes]] = field(default_factory=deque)
+    # tcpip-forward (address, port) and streamlocal-forward paths -> the client that asked
+    forwards: dict[tuple[bytes, int] | bytes, Client] = field(default_factory=dict)
+    # clients that asked this leg for agent or X11 forwarding, most recent last
+    agent_clients: list[Client] = field(default_factory=list)
+    x11_clients: list[Client] = field(default_factory=list)
+
+
+@dataclass(eq=False)
+class Channel:
+    relay_id: int
+    kind: bytes
     client: Client
-    name: bytes
-    data: bytes
+    leg: Leg | None  # None while a session open waits for a leg
+    client_id: int | None  # the id the client knows it by (None until it confirms)
+    server_id: int | None  # the id the job's sshd knows it by (None until it confirms)
+    client_closed: bool = False
+    server_closed: bool = False
+    open_rest: bytes = b""  # window, packet size and type data of a pending client open
+    moved: bool = False  # a refused session open is tried once more elsewhere
 
 
 class Relay:
-    """Routes connection-layer messages between attached clients and one upstream."""
+    """Routes connection-layer messages between attached clients and a job's legs."""
 
-    def __init__(self, send_upstream: Callable[[int, bytes], None]) -> None:
-        self._send_upstream = send_upstream
+    def __init__(
+        self,
+        need_leg: Callable[[], None],
+        leg_idle: Callable[[Leg], None],
+        max_sessions: int = 10,
+    ) -> None:
+        self._need_leg = need_leg
+        self._leg_idle = leg_idle
+        self._max_sessions = max_sessions
         self._clients: list[Client] = []
+        self._legs: list[Leg] = []
         self._channels: dict[int, Channel] = {}
         self._next_id = 0
-        self._pending_replies: deque[_PendingReply] = deque()
-        # tcpip-forward (address, port) and streamlocal-forward paths -> the client that asked
-        self._forwards: dict[tuple[bytes, int] | bytes, Client] = {}
+        self._waiting: list[Channel] = []  # session opens waiting for a leg with room
+        self._leg_requested = False
 
     # -- bookkeeping -------------------------------------------------------------------
 
     @property
     def clients(self) -> int:
-        return sum(1 for c in self._clients if c.attached)
+        return len(self._clients)
 
     @property
     def channels(self) -> int:
         return len(self._channels)
 
+    @property
+    def legs(self) -> list[Leg]:
+        return list(self._legs)
+
     def attach(self, link: ClientLink) -> Client:
         client = Client(link)
         self._clients.append(client)
         return client
+
+    def add_leg(self, link: LegLink) -> Leg:
+        """A new upstream connection is ready: waiting session opens go to it."""
+        leg = Leg(link, capacity=self._max_sessions)
+        self._legs.append(leg)
+        self._leg_requested = False
+        waiting, self._waiting = self._waiting, []
+        for channel in waiting:
+            self._open_on_a_leg(channel)
+        return leg
+
+    def leg_failed(self, reason: str) -> None:
+        """The leg asked for with need_leg could not be made: the waiting opens fail."""
+        self._leg_requested = False
+        waiting, self._waiting = self._waiting, []
+        for channel in waiting:
+            self._forget(channel)
+            if channel.client.attached and channel.client_id is not None:
+                channel.client.link.send(
+                    CHANNEL_OPEN_FAILURE,
+                    _open_failure(channel.client_id, OPEN_CONNECT_FAILED, reason.encode()),
+                )
+
+    def remove_leg(self, leg: Leg) -> None:
+        """An upstream connection is gone: its channels end towards their clients."""
+        if leg not in self._legs:
+            return
+        self._legs.remove(leg)
+        for relay_id in list(leg.channels):
+            channel = self._channels[relay_id]
+            self._forget(channel)
+            if not channel.client.attached or channel.client_id is None:
+                continue
+            if channel.server_id is None:  # its open was still pending at the job
+                channel.client.link.send(
+                    CHANNEL_OPEN_FAILURE,
+                    _open_failure(channel.client_id, OPEN_CONNECT_FAILED, b"connection to the job lost"),
+                )
+            else:
+                channel.client.link.send(CHANNEL_CLOSE, _u32(channel.client_id))
 
     def detach(self, client: Client) -> None:
         """The client connection is gone: close its channels towards the job."""
@@ -157,56 +233,78 @@ class Relay:
             return
         client.attached = False
         self._clients.remove(client)
-        for key in [k for k, c in self._forwards.items() if c is client]:
-            del self._forwards[key]
-            self._cancel_forward(key)
+        self._waiting = [c for c in self._waiting if c.client is not client]
+        for leg in self._legs:
+            for list_ in (leg.agent_clients, leg.x11_clients):
+                if client in list_:
+                    list_.remove(client)
+            for key in [k for k, c in leg.forwards.items() if c is client]:
+                del leg.forwards[key]
+                self._cancel_forward(leg, key)
         for relay_id in list(client.channels):
             channel = self._channels[relay_id]
-            if channel.server_id is None:
+            if channel.leg is None:
+                self._forget(channel)  # was waiting for a leg
+            elif channel.server_id is None:
                 continue  # open still pending at the job: closed when it answers
-            if channel.client_id is None:
+            elif channel.client_id is None:
                 # the job opened it towards this client, which never answered
-                self._send_upstream(
-                    CHANNEL_OPEN_FAILURE,
-                    _u32(channel.server_id) + _u32(OPEN_CONNECT_FAILED) + _string(b"client went away") + _string(b""),
+                channel.leg.link.send(
+                    CHANNEL_OPEN_FAILURE, _open_failure(channel.server_id, OPEN_CONNECT_FAILED, b"client went away")
                 )
                 self._forget(channel)
             elif not channel.client_closed:
                 channel.client_closed = True
-                self._send_upstream(CHANNEL_CLOSE, _u32(channel.server_id))
+                channel.leg.link.send(CHANNEL_CLOSE, _u32(channel.server_id))
                 self._forget_if_done(channel)
 
-    def _cancel_forward(self, key: tuple[bytes, int] | bytes) -> None:
-        """Stop the job listening for a client that is gone (no reply wanted)."""
-        if isinstance(key, tuple):
-            request = _string(b"cancel-tcpip-forward") + b"\0" + _string(key[0]) + _u32(key[1])
-        else:
-            request = _string(b"cancel-streamlocal-forward@openssh.com") + b"\0" + _string(key)
-        self._send_upstream(GLOBAL_REQUEST, request)
-
     def shutdown(self, reason: str) -> None:
-        """The upstream is gone: every client connection ends with the reason."""
+        """The job is gone: every client connection ends with the reason."""
         clients, self._clients = self._clients, []
         self._channels.clear()
-        self._forwards.clear()
-        self._pending_replies.clear()
+        self._legs.clear()
+        self._waiting.clear()
         for client in clients:
             client.attached = False
             client.channels.clear()
             client.link.disconnect(reason)
 
-    def _allocate(self, kind: bytes, client: Client, client_id: int | None, server_id: int | None) -> Channel:
+    def _cancel_forward(self, leg: Leg, key: tuple[bytes, int] | bytes) -> None:
+        """Stop the job listening for a client that is gone (no reply wanted)."""
+        if isinstance(key, tuple):
+            request = _string(b"cancel-tcpip-forward") + b"\0" + _string(key[0]) + _u32(key[1])
+        else:
+            request = _string(b"cancel-streamlocal-forward@openssh.com") + b"\0" + _string(key)
+        leg.link.send(GLOBAL_REQUEST, request)
+
+    def _allocate(self, kind: bytes, client: Client, leg: Leg | None, client_id: int | None,
+                  server_id: int | None) -> Channel:
         while self._next_id in self._channels:
             self._next_id = (self._next_id + 1) & 0xFFFFFFFF
-        channel = Channel(self._next_id, kind, client, client_id, server_id)
+        channel = Channel(self._next_id, kind, client, None, client_id, server_id)
         self._next_id = (self._next_id + 1) & 0xFFFFFFFF
         self._channels[channel.relay_id] = channel
         client.channels.add(channel.relay_id)
+        if leg is not None:
+            self._place(channel, leg)
         return channel
+
+    def _place(self, channel: Channel, leg: Leg) -> None:
+        channel.leg = leg
+        leg.channels.add(channel.relay_id)
+        if channel.kind == b"session":
+            leg.sessions += 1
 
     def _forget(self, channel: Channel) -> None:
         self._channels.pop(channel.relay_id, None)
         channel.client.channels.discard(channel.relay_id)
+        leg = channel.leg
+        if leg is not None and channel.relay_id in leg.channels:
+            leg.channels.discard(channel.relay_id)
+            if channel.kind == b"session":
+                leg.sessions -= 1
+            if not leg.channels and leg in self._legs:
+                self._leg_idle(leg)
 
     def _forget_if_done(self, channel: Channel) -> None:
         if channel.client_closed and channel.server_closed:
@@ -217,6 +315,11 @@ class Relay:
         if channel is None:
             raise ProtocolViolation(f"message for unknown channel {recipient}")
         return channel
+
+    def _primary(self) -> Leg:
+        if not self._legs:
+            raise ProtocolViolation("no connection to the job")
+        return self._legs[0]
 
     # -- from a client -----------------------------------------------------------------
 
@@ -229,9 +332,9 @@ class Relay:
         elif msgnum == CHANNEL_OPEN:
             self._client_open(client, payload)
         elif msgnum == CHANNEL_OPEN_CONFIRMATION:
-            self._client_open_confirmation(client, payload)
+            self._client_open_reply(client, msgnum, payload)
         elif msgnum == CHANNEL_OPEN_FAILURE:
-            self._client_open_failure(client, payload)
+            self._client_open_reply(client, msgnum, payload)
         elif msgnum == GLOBAL_REQUEST:
             self._client_global_request(client, payload)
         elif msgnum in (REQUEST_SUCCESS, REQUEST_FAILURE):
@@ -248,24 +351,27 @@ class Relay:
     def _client_channel_message(self, client: Client, msgnum: int, payload: bytes) -> None:
         reader = _Reader(payload)
         channel = self._owned(client, reader.u32())
-        if channel.server_id is None or channel.client_id is None:
+        if channel.leg is None or channel.server_id is None or channel.client_id is None:
             raise ProtocolViolation(f"message {msgnum} on channel {channel.relay_id} before it was open")
         if msgnum == CHANNEL_REQUEST:
-            self._note_client_request(client, reader.string())
+            name = reader.string()
+            if name == b"auth-agent-req@openssh.com":
+                self._note_feature(channel.leg.agent_clients, client)
+            elif name == b"x11-req":
+                self._note_feature(channel.leg.x11_clients, client)
         elif msgnum == CHANNEL_CLOSE:
             if channel.client_closed:
                 return
             channel.client_closed = True
-        self._send_upstream(msgnum, _u32(channel.server_id) + payload[4:])
+        channel.leg.link.send(msgnum, _u32(channel.server_id) + payload[4:])
         if msgnum == CHANNEL_CLOSE:
             self._forget_if_done(channel)
 
     @staticmethod
-    def _note_client_request(client: Client, name: bytes) -> None:
-        if name == b"auth-agent-req@openssh.com":
-            client.wants_agent = True
-        elif name == b"x11-req":
-            client.wants_x11 = True
+    def _note_feature(clients: list[Client], client: Client) -> None:
+        if client in clients:
+            clients.remove(client)
+        clients.append(client)
 
     def _client_open(self, client: Client, payload: bytes) -> None:
         reader = _Reader(payload)
@@ -273,28 +379,38 @@ class Relay:
         sender = reader.u32()
         if kind == b"session" and client.no_more_sessions:
             client.link.send(
-                CHANNEL_OPEN_FAILURE,
-                _u32(sender) + _u32(OPEN_ADMINISTRATIVELY_PROHIBITED) + _string(b"no more sessions") + _string(b""),
+                CHANNEL_OPEN_FAILURE, _open_failure(sender, OPEN_ADMINISTRATIVELY_PROHIBITED, b"no more sessions")
             )
             return
-        channel = self._allocate(kind, client, client_id=sender, server_id=None)
-        self._send_upstream(CHANNEL_OPEN, _string(kind) + _u32(channel.relay_id) + reader.rest())
+        channel = self._allocate(kind, client, None, client_id=sender, server_id=None)
+        channel.open_rest = reader.rest()
+        self._open_on_a_leg(channel)
 
-    def _client_open_confirmation(self, client: Client, payload: bytes) -> None:
+    def _open_on_a_leg(self, channel: Channel) -> None:
+        if channel.kind == b"session":
+            leg = next((leg for leg in self._legs if leg.sessions < leg.capacity), None)
+        else:
+            leg = self._legs[0] if self._legs else None
+        if leg is None:
+            self._waiting.append(channel)
+            if not self._leg_requested:
+                self._leg_requested = True
+                self._need_leg()
+            return
+        self._place(channel, leg)
+        leg.link.send(CHANNEL_OPEN, _string(channel.kind) + _u32(channel.relay_id) + channel.open_rest)
+
+    def _client_open_reply(self, client: Client, msgnum: int, payload: bytes) -> None:
         reader = _Reader(payload)
         channel = self._owned(client, reader.u32())
-        if channel.client_id is not None or channel.server_id is None:
-            raise ProtocolViolation(f"confirmation for channel {channel.relay_id} that was not being opened")
-        channel.client_id = reader.u32()
-        self._send_upstream(CHANNEL_OPEN_CONFIRMATION, _u32(channel.server_id) + _u32(channel.relay_id) + reader.rest())
-
-    def _client_open_failure(self, client: Client, payload: bytes) -> None:
-        reader = _Reader(payload)
-        channel = self._owned(client, reader.u32())
-        if channel.client_id is not None or channel.server_id is None:
-            raise ProtocolViolation(f"open failure for channel {channel.relay_id} that was not being opened")
-        self._forget(channel)
-        self._send_upstream(CHANNEL_OPEN_FAILURE, _u32(channel.server_id) + reader.rest())
+        if channel.client_id is not None or channel.server_id is None or channel.leg is None:
+            raise ProtocolViolation(f"open reply for channel {channel.relay_id} that was not being opened")
+        if msgnum == CHANNEL_OPEN_CONFIRMATION:
+            channel.client_id = reader.u32()
+            channel.leg.link.send(msgnum, _u32(channel.server_id) + _u32(channel.relay_id) + reader.rest())
+        else:
+            self._forget(channel)
+            channel.leg.link.send(msgnum, _u32(channel.server_id) + reader.rest())
 
     def _client_global_request(self, client: Client, payload: bytes) -> None:
         reader = _Reader(payload)
@@ -307,117 +423,138 @@ class Relay:
                 # sshd answers keepalives with a failure too; the client only wants an answer
                 client.link.send(REQUEST_FAILURE, b"")
             return
+        leg = self._primary()
         if want_reply:
-            self._pending_replies.append(_PendingReply(client, name, reader.rest()))
-        self._send_upstream(GLOBAL_REQUEST, payload)
+            leg.pending_replies.append((client, name, reader.rest()))
+        leg.link.send(GLOBAL_REQUEST, payload)
 
-    # -- from the upstream -------------------------------------------------------------
+    # -- from a leg --------------------------------------------------------------------
 
-    def from_upstream(self, msgnum: int, payload: bytes) -> None:
-        """Handle one connection-layer message from the job's sshd."""
+    def from_leg(self, leg: Leg, msgnum: int, payload: bytes) -> None:
+        """Handle one connection-layer message from the job's sshd on `leg`."""
         if msgnum in _CHANNEL_MESSAGES:
-            self._upstream_channel_message(msgnum, payload)
-        elif msgnum == CHANNEL_OPEN_CONFIRMATION:
-            self._upstream_open_confirmation(payload)
-        elif msgnum == CHANNEL_OPEN_FAILURE:
-            self._upstream_open_failure(payload)
+            self._leg_channel_message(leg, msgnum, payload)
+        elif msgnum in (CHANNEL_OPEN_CONFIRMATION, CHANNEL_OPEN_FAILURE):
+            self._leg_open_reply(leg, msgnum, payload)
         elif msgnum == CHANNEL_OPEN:
-            self._upstream_open(payload)
+            self._leg_open(leg, payload)
         elif msgnum == GLOBAL_REQUEST:
             reader = _Reader(payload)
             reader.string()
             if reader.boolean():  # e.g. keepalive; hostkeys-00 must not reach clients
-                self._send_upstream(REQUEST_FAILURE, b"")
+                leg.link.send(REQUEST_FAILURE, b"")
         elif msgnum in (REQUEST_SUCCESS, REQUEST_FAILURE):
-            self._upstream_global_reply(msgnum, payload)
+            self._leg_global_reply(leg, msgnum, payload)
         else:
             raise ProtocolViolation(f"unexpected message {msgnum} from the job")
 
-    def _upstream_channel_message(self, msgnum: int, payload: bytes) -> None:
-        channel = self._channel(_Reader(payload).u32())
+    def _leg_channel(self, leg: Leg, payload: bytes) -> tuple[Channel, _Reader]:
+        reader = _Reader(payload)
+        channel = self._channel(reader.u32())
+        if channel.leg is not leg:
+            raise ProtocolViolation(f"channel {channel.relay_id} is not on this connection")
+        return channel, reader
+
+    def _leg_channel_message(self, leg: Leg, msgnum: int, payload: bytes) -> None:
+        channel, _ = self._leg_channel(leg, payload)
         if msgnum == CHANNEL_CLOSE:
             channel.server_closed = True
+            if not channel.client.attached:
+                channel.client_closed = True
         if channel.client.attached and channel.client_id is not None:
             channel.client.link.send(msgnum, _u32(channel.client_id) + payload[4:])
         if msgnum == CHANNEL_CLOSE:
-            if not channel.client.attached:
-                channel.client_closed = True
             self._forget_if_done(channel)
 
-    def _upstream_open_confirmation(self, payload: bytes) -> None:
-        reader = _Reader(payload)
-        channel = self._channel(reader.u32())
-        if channel.server_id is not None:
-            raise ProtocolViolation(f"second confirmation for channel {channel.relay_id}")
+    def _leg_open_reply(self, leg: Leg, msgnum: int, payload: bytes) -> None:
+        channel, reader = self._leg_channel(leg, payload)
+        if channel.server_id is not None or channel.client_id is None:
+            raise ProtocolViolation(f"open reply for channel {channel.relay_id} that was not being opened")
+        if msgnum == CHANNEL_OPEN_FAILURE:
+            if channel.kind == b"session" and leg.sessions > 1 and not channel.moved:
+                self._move_refused_session(channel, leg)
+                return
+            self._forget(channel)
+            if channel.client.attached:
+                channel.client.link.send(msgnum, _u32(channel.client_id) + reader.rest())
+            return
         channel.server_id = reader.u32()
+        channel.open_rest = b""
         if not channel.client.attached:
             channel.client_closed = True
-            self._send_upstream(CHANNEL_CLOSE, _u32(channel.server_id))
+            leg.link.send(CHANNEL_CLOSE, _u32(channel.server_id))
             return
-        assert channel.client_id is not None
-        channel.client.link.send(
-            CHANNEL_OPEN_CONFIRMATION, _u32(channel.client_id) + _u32(channel.relay_id) + reader.rest()
-        )
+        channel.client.link.send(msgnum, _u32(channel.client_id) + _u32(channel.relay_id) + reader.rest())
 
-    def _upstream_open_failure(self, payload: bytes) -> None:
-        reader = _Reader(payload)
-        channel = self._channel(reader.u32())
-        if channel.server_id is not None:
-            raise ProtocolViolation(f"open failure for channel {channel.relay_id} that is open")
-        self._forget(channel)
-        if channel.client.attached and channel.client_id is not None:
-            channel.client.link.send(CHANNEL_OPEN_FAILURE, _u32(channel.client_id) + reader.rest())
+    def _move_refused_session(self, channel: Channel, leg: Leg) -> None:
+        """sshd refused a session beside others: take that as its MaxSessions and retry.
 
-    def _upstream_open(self, payload: bytes) -> None:
+        Its limit may be lower than ours, or a just-closed session may not be released
+        yet; either way this connection takes no more than it holds now.
+        """
+        leg.channels.discard(channel.relay_id)
+        leg.sessions -= 1
+        leg.capacity = min(leg.capacity, leg.sessions)
+        channel.leg = None
+        channel.moved = True
+        if channel.client.attached:
+            self._open_on_a_leg(channel)
+        else:
+            self._forget(channel)
+
+    def _leg_open(self, leg: Leg, payload: bytes) -> None:
         reader = _Reader(payload)
         kind = reader.string()
         sender = reader.u32()
-        reader.u32(), reader.u32()  # window and packet size pass through in payload
-        client = self._route_server_open(kind, _Reader(reader.rest()))
+        reader.u32(), reader.u32()  # window and packet size pass through in the payload
+        client = self._route_server_open(leg, kind, _Reader(reader.rest()))
         if client is None:
-            self._send_upstream(
+            leg.link.send(
                 CHANNEL_OPEN_FAILURE,
-                _u32(sender)
-                + _u32(OPEN_ADMINISTRATIVELY_PROHIBITED)
-                + _string(b"no client for this " + kind + b" channel")
-                + _string(b""),
+                _open_failure(sender, OPEN_ADMINISTRATIVELY_PROHIBITED, b"no client for this " + kind + b" channel"),
             )
             return
-        channel = self._allocate(kind, client, client_id=None, server_id=sender)
+        channel = self._allocate(kind, client, leg, client_id=None, server_id=sender)
         client.link.send(CHANNEL_OPEN, _string(kind) + _u32(channel.relay_id) + payload[len(kind) + 8 :])
 
-    def _route_server_open(self, kind: bytes, extra: _Reader) -> Client | None:
+    @staticmethod
+    def _route_server_open(leg: Leg, kind: bytes, extra: _Reader) -> Client | None:
         """Pick the client a channel opened by the job's sshd belongs to."""
         if kind == b"forwarded-tcpip":
             address, port = extra.string(), extra.u32()
-            return self._forwards.get((address, port))
+            return leg.forwards.get((address, port))
         if kind == b"forwarded-streamlocal@openssh.com":
-            return self._forwards.get(extra.string())
-        wanted = "wants_agent" if kind == b"auth-agent@openssh.com" else "wants_x11" if kind == b"x11" else None
-        if wanted is None:
-            return None
-        candidates = [c for c in self._clients if getattr(c, wanted)]
-        return candidates[-1] if candidates else None
+            return leg.forwards.get(extra.string())
+        if kind == b"auth-agent@openssh.com":
+            return leg.agent_clients[-1] if leg.agent_clients else None
+        if kind == b"x11":
+            return leg.x11_clients[-1] if leg.x11_clients else None
+        return None
 
-    def _upstream_global_reply(self, msgnum: int, payload: bytes) -> None:
-        if not self._pending_replies:
+    def _leg_global_reply(self, leg: Leg, msgnum: int, payload: bytes) -> None:
+        if not leg.pending_replies:
             raise ProtocolViolation("global request reply with no request outstanding")
-        pending = self._pending_replies.popleft()
+        client, name, data = leg.pending_replies.popleft()
         if msgnum == REQUEST_SUCCESS:
-            self._note_forward(pending, payload)
-        if pending.client.attached:
-            pending.client.link.send(msgnum, payload)
+            self._note_forward(leg, client, name, _Reader(data), payload)
+        if client.attached:
+            client.link.send(msgnum, payload)
 
-    def _note_forward(self, pending: _PendingReply, reply: bytes) -> None:
-        request = _Reader(pending.data)
-        if pending.name == b"tcpip-forward":
+    def _note_forward(self, leg: Leg, client: Client, name: bytes, request: _Reader, reply: bytes) -> None:
+        """Remember which client a successful (cancel-)forward request belongs to."""
+        key: tuple[bytes, int] | bytes
+        if name in (b"tcpip-forward", b"cancel-tcpip-forward"):
             address, port = request.string(), request.u32()
-            if port == 0 and len(reply) >= 4:
-                port = _Reader(reply).u32()
-            self._forwards[(address, port)] = pending.client
-        elif pending.name == b"cancel-tcpip-forward":
-            self._forwards.pop((request.string(), request.u32()), None)
-        elif pending.name == b"streamlocal-forward@openssh.com":
-            self._forwards[request.string()] = pending.client
-        elif pending.name == b"cancel-streamlocal-forward@openssh.com":
-            self._forwards.pop(request.string(), None)
+            if name == b"tcpip-forward" and port == 0 and len(reply) >= 4:
+                port = _Reader(reply).u32()  # the port the job's sshd picked
+            key = (address, port)
+        elif name in (b"streamlocal-forward@openssh.com", b"cancel-streamlocal-forward@openssh.com"):
+            key = request.string()
+        else:
+            return
+        if name.startswith(b"cancel-"):
+            leg.forwards.pop(key, None)
+        elif client.attached:
+            leg.forwards[key] = client
+        else:
+            self._cancel_forward(leg, key)  # its client left before the job answered

@@ -1,28 +1,23 @@
-"""The upstream leg: one SSH client connection to a job's sshd, shared by many clients.
+"""An upstream leg: one SSH client connection to a job's sshd, shared by many clients.
 
 It runs over the TCP socket the negotiation captured, trusts only the server key the
 negotiation returned, and authenticates with the negotiated key as the negotiated user.
-After that it carries raw connection-layer messages between the job and the `Relay`.
+After that it carries raw connection-layer messages between the job and its `Relay`.
 """
 
 from __future__ import annotations
 
 import socket
-import time
 from typing import Callable
 
 from twisted.conch.ssh import service, transport, userauth
 from twisted.conch.ssh.common import NS
 from twisted.internet import defer, protocol
-from twisted.internet.interfaces import IReactorSocket, IReactorTime
+from twisted.internet.interfaces import IReactorSocket
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 
-from relayd.names import JobName
 from relayd.negotiate import Credentials, NegotiationFailed
-from relayd.relay import Client, ClientLink, ProtocolViolation, Relay
-
-log = Logger()
 
 
 class _NegotiatedKeyAuth(userauth.SSHUserAuthClient):
@@ -73,23 +68,23 @@ class _NegotiatedKeyAuth(userauth.SSHUserAuthClient):
         return True
 
 
-class _UpstreamConnection(service.SSHService):
+class _ConnectionService(service.SSHService):
     name = b"ssh-connection"
 
-    def __init__(self, upstream: Upstream) -> None:
+    def __init__(self, upstream: UpstreamConnection) -> None:
         self._upstream = upstream
 
     def serviceStarted(self) -> None:
         self._upstream._authenticated()
 
     def packetReceived(self, messageNum: int, packet: bytes) -> None:
-        self._upstream._from_job(messageNum, packet)
+        self._upstream.on_message(self._upstream, messageNum, packet)
 
 
 class _UpstreamTransport(transport.SSHClientTransport):
     _log = Logger(namespace="relayd.ssh")
 
-    def __init__(self, upstream: Upstream, credentials: Credentials) -> None:
+    def __init__(self, upstream: UpstreamConnection, credentials: Credentials) -> None:
         self._upstream = upstream
         self._credentials = credentials
         self.disconnect_reason: str | None = None
@@ -100,7 +95,7 @@ class _UpstreamTransport(transport.SSHClientTransport):
         return defer.fail(NegotiationFailed("the job's sshd presented a key other than the negotiated one"))
 
     def connectionSecure(self) -> None:
-        self.requestService(_NegotiatedKeyAuth(self._credentials, _UpstreamConnection(self._upstream)))
+        self.requestService(_NegotiatedKeyAuth(self._credentials, _ConnectionService(self._upstream)))
 
     def receiveError(self, reasonCode: int, description: bytes) -> None:
         self.disconnect_reason = description.decode(errors="replace")
@@ -120,105 +115,54 @@ class _OneProtocolFactory(protocol.Factory):
         return self._proto
 
 
-class Upstream:
-    """One authenticated connection to a job, multiplexing its clients through a Relay.
+class UpstreamConnection:
+    """One authenticated SSH connection to a job's sshd.
 
-    Closes itself after `idle_timeout` seconds without clients, because a live sshd keeps
-    the job's slot claimed even after the job exits.
+    `on_message(conn, msgnum, payload)` receives its connection-layer messages and
+    `on_lost(conn, reason)` is called once when it ends.
     """
 
     def __init__(
         self,
-        job: JobName,
-        reactor: IReactorSocket | IReactorTime,
-        idle_timeout: float,
-        on_closed: Callable[[Upstream], None],
+        reactor: IReactorSocket,
+        on_message: Callable[[UpstreamConnection, int, bytes], None],
+        on_lost: Callable[[UpstreamConnection, str | None], None],
     ) -> None:
-        self.job = job
-        self.created = time.monotonic()
-        self.ready: defer.Deferred[Upstream] = defer.Deferred()
+        self.on_message = on_message
+        self._on_lost = on_lost
         self._reactor = reactor
-        self._idle_timeout = idle_timeout
-        self._on_closed = on_closed
         self._transport: _UpstreamTransport | None = None
-        self._idle_timer = None
-        self._closing_reason: str | None = None
+        self._ready: defer.Deferred[UpstreamConnection] = defer.Deferred()
         self.closed = False
-        self.relay = Relay(self._send_to_job)
 
-    def start(self, credentials: Credentials) -> defer.Deferred[Upstream]:
-        """Speak SSH over the negotiated socket; `ready` fires once authenticated."""
+    def start(self, credentials: Credentials) -> defer.Deferred[UpstreamConnection]:
+        """Speak SSH over the negotiated socket; fires once authenticated."""
         sock = credentials.job_socket
         if sock.family in (socket.AF_INET, socket.AF_INET6):
             sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
         self._transport = _UpstreamTransport(self, credentials)
         try:
-            self._reactor.adoptStreamConnection(  # type: ignore[union-attr]
-                sock.fileno(), sock.family, _OneProtocolFactory(self._transport)
-            )
+            self._reactor.adoptStreamConnection(sock.fileno(), sock.family, _OneProtocolFactory(self._transport))
         finally:
             sock.close()
-        return self.ready
-
-    # -- called by the SSH client transport ---------------------------------------------
+        return self._ready
 
     def _authenticated(self) -> None:
-        log.info("upstream to job {job} authenticated", job=self.job.job_id)
-        self._arm_idle_timer()
-        self.ready.callback(self)
-
-    def _from_job(self, msgnum: int, payload: bytes) -> None:
-        try:
-            self.relay.from_upstream(msgnum, payload)
-        except ProtocolViolation as exc:
-            log.error("job {job} broke the protocol: {exc}", job=self.job.job_id, exc=exc)
-            self.close(f"protocol error from job {self.job.job_id}'s sshd")
+        self._ready.callback(self)
 
     def _lost(self, reason: str | None) -> None:
         self.closed = True
-        self._cancel_idle_timer()
-        message = self._closing_reason or (
-            f"connection to job {self.job.job_id} lost" + (f": {reason}" if reason else "")
-        )
-        if not self.ready.called:
-            self.ready.errback(NegotiationFailed(f"job {self.job.job_id}: the job's sshd closed the connection"
-                                                 + (f" ({reason})" if reason else "")))
-        self.relay.shutdown(message)
-        log.info("upstream to job {job} closed: {message}", job=self.job.job_id, message=message)
-        self._on_closed(self)
+        if not self._ready.called:
+            detail = f" ({reason})" if reason else ""
+            self._ready.errback(NegotiationFailed(f"the job's sshd closed the connection{detail}"))
+        else:
+            self._on_lost(self, reason)
 
-    def _send_to_job(self, msgnum: int, payload: bytes) -> None:
+    def send(self, msgnum: int, payload: bytes) -> None:
         if self._transport is not None and not self.closed:
             self._transport.sendPacket(msgnum, payload)
 
-    # -- clients -------------------------------------------------------------------------
-
-    def attach(self, link: ClientLink) -> Client:
-        self._cancel_idle_timer()
-        return self.relay.attach(link)
-
-    def detach(self, client: Client) -> None:
-        self.relay.detach(client)
-        if not self.relay.clients:
-            self._arm_idle_timer()
-
     def close(self, reason: str) -> None:
-        """Disconnect from the job; every client is told `reason`."""
-        if self.closed or self._transport is None:
-            return
-        self._closing_reason = reason
-        self._transport.sendDisconnect(transport.DISCONNECT_BY_APPLICATION, reason.encode())
-
-    # -- idle timer ------------------------------------------------------------------------
-
-    def _arm_idle_timer(self) -> None:
-        self._cancel_idle_timer()
-        if not self.closed:
-            self._idle_timer = self._reactor.callLater(  # type: ignore[union-attr]
-                self._idle_timeout, self.close, f"no clients for {self._idle_timeout:g} s"
-            )
-
-    def _cancel_idle_timer(self) -> None:
-        if self._idle_timer is not None and self._idle_timer.active():
-            self._idle_timer.cancel()
-        self._idle_timer = None
+        """Disconnect from the job's sshd, telling it why."""
+        if self._transport is not None and not self.closed:
+            self._transport.sendDisconnect(transport.DISCONNECT_BY_APPLICATION, reason.encode())

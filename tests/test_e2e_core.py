@@ -140,3 +140,13 @@ def test_without_lookup_the_tools_own_messages_reach_the_user(relay):
     held = sandbox.submit_job(relay.pool_dir, status="held", HoldReason="Disk quota exceeded")
     assert_fails(relay.ssh(f"job-{held[0]}.{held[1]}.condor", "true"), 'The job is on hold: "Disk quota exceeded"')
     assert_fails(relay.ssh("job-999.0.condor", "true"), "Unable to fetch job ad")
+
+
+def test_more_sessions_than_maxsessions_open_more_upstreams(relay):
+    host = running_job(relay)
+    with ThreadPoolExecutor(40) as pool:
+        results = list(pool.map(lambda i: relay.ssh(host, f"sleep 2; echo {i}", timeout=120), range(40)))
+    assert [r.returncode for r in results] == [0] * 40, [r.stderr for r in results if r.returncode]
+    assert sorted(int(r.stdout) for r in results) == list(range(40))
+    # sshd allows 10 sessions per connection: 40 at once need more than one negotiation
+    assert 2 <= relay.negotiations() <= 4

@@ -27,10 +27,30 @@ class Link:
         self.disconnected = reason
 
 
+class LegLink:
+    def __init__(self, sent):
+        self.sent = sent
+
+    def send(self, msgnum, payload):
+        self.sent.append((msgnum, payload))
+
+
+class Harness:
+    def __init__(self, max_sessions=10):
+        self.legs_wanted = 0
+        self.idle = []
+        self.relay = r.Relay(self.want_leg, self.idle.append, max_sessions=max_sessions)
+
+    def want_leg(self):
+        self.legs_wanted += 1
+
+
 @pytest.fixture
 def setup():
     upstream = []
-    relay = r.Relay(lambda n, p: upstream.append((n, p)))
+    harness = Harness()
+    relay = harness.relay
+    relay.leg = relay.add_leg(LegLink(upstream))
     return relay, upstream
 
 
@@ -40,7 +60,7 @@ def open_session(relay, upstream, client, client_id, server_id):
     assert num == r.CHANNEL_OPEN
     relay_id = struct.unpack(">L", payload[11:15])[0]
     assert payload[15:] == u32(2 << 20) + u32(32768)  # window and packet size untouched
-    relay.from_upstream(r.CHANNEL_OPEN_CONFIRMATION, u32(relay_id) + u32(server_id) + u32(1 << 20) + u32(16384))
+    relay.from_leg(relay.leg, r.CHANNEL_OPEN_CONFIRMATION, u32(relay_id) + u32(server_id) + u32(1 << 20) + u32(16384))
     assert client.link.sent.pop() == (
         r.CHANNEL_OPEN_CONFIRMATION,
         u32(client_id) + u32(relay_id) + u32(1 << 20) + u32(16384),
@@ -57,7 +77,7 @@ def test_two_clients_with_the_same_channel_ids_do_not_collide(setup):
     relay.from_client(a, r.CHANNEL_DATA, u32(ra) + s(b"from a"))
     relay.from_client(b, r.CHANNEL_DATA, u32(rb) + s(b"from b"))
     assert upstream[-2:] == [(r.CHANNEL_DATA, u32(100) + s(b"from a")), (r.CHANNEL_DATA, u32(101) + s(b"from b"))]
-    relay.from_upstream(r.CHANNEL_EXTENDED_DATA, u32(rb) + u32(1) + s(b"err"))
+    relay.from_leg(relay.leg, r.CHANNEL_EXTENDED_DATA, u32(rb) + u32(1) + s(b"err"))
     assert b.link.sent == [(r.CHANNEL_EXTENDED_DATA, u32(0) + u32(1) + s(b"err"))]
     assert a.link.sent == []
 
@@ -72,16 +92,17 @@ def test_window_adjust_and_requests_pass_through(setup):
         (r.CHANNEL_WINDOW_ADJUST, u32(7) + u32(65536)),
         (r.CHANNEL_REQUEST, u32(7) + s(b"exec") + b"\1" + s(b"true")),
     ]
-    relay.from_upstream(r.CHANNEL_SUCCESS, u32(rid))
-    relay.from_upstream(r.CHANNEL_REQUEST, u32(rid) + s(b"exit-status") + b"\0" + u32(7))
-    assert a.link.sent == [(r.CHANNEL_SUCCESS, u32(3)), (r.CHANNEL_REQUEST, u32(3) + s(b"exit-status") + b"\0" + u32(7))]
+    relay.from_leg(relay.leg, r.CHANNEL_SUCCESS, u32(rid))
+    relay.from_leg(relay.leg, r.CHANNEL_REQUEST, u32(rid) + s(b"exit-status") + b"\0" + u32(7))
+    exit_status = (r.CHANNEL_REQUEST, u32(3) + s(b"exit-status") + b"\0" + u32(7))
+    assert a.link.sent == [(r.CHANNEL_SUCCESS, u32(3)), exit_status]
 
 
 def test_close_from_both_sides_frees_the_channel(setup):
     relay, upstream = setup
     a = relay.attach(Link())
     rid = open_session(relay, upstream, a, 0, 9)
-    relay.from_upstream(r.CHANNEL_CLOSE, u32(rid))
+    relay.from_leg(relay.leg, r.CHANNEL_CLOSE, u32(rid))
     assert relay.channels == 1
     relay.from_client(a, r.CHANNEL_CLOSE, u32(rid))
     assert upstream[-1] == (r.CHANNEL_CLOSE, u32(9))
@@ -95,8 +116,8 @@ def test_detached_client_closes_its_channels_upstream(setup):
     open_session(relay, upstream, b, 0, 11)
     relay.detach(a)
     assert upstream[-1] == (r.CHANNEL_CLOSE, u32(10))
-    relay.from_upstream(r.CHANNEL_DATA, u32(ra) + s(b"late"))  # dropped, not sent to b
-    relay.from_upstream(r.CHANNEL_CLOSE, u32(ra))
+    relay.from_leg(relay.leg, r.CHANNEL_DATA, u32(ra) + s(b"late"))  # dropped, not sent to b
+    relay.from_leg(relay.leg, r.CHANNEL_CLOSE, u32(ra))
     assert b.link.sent == [] and relay.channels == 1 and relay.clients == 1
 
 
@@ -106,9 +127,9 @@ def test_open_pending_when_client_leaves_is_closed_on_confirmation(setup):
     relay.from_client(a, r.CHANNEL_OPEN, s(b"session") + u32(0) + u32(1000) + u32(1000))
     rid = struct.unpack(">L", upstream[-1][1][11:15])[0]
     relay.detach(a)
-    relay.from_upstream(r.CHANNEL_OPEN_CONFIRMATION, u32(rid) + u32(5) + u32(1000) + u32(1000))
+    relay.from_leg(relay.leg, r.CHANNEL_OPEN_CONFIRMATION, u32(rid) + u32(5) + u32(1000) + u32(1000))
     assert upstream[-1] == (r.CHANNEL_CLOSE, u32(5))
-    relay.from_upstream(r.CHANNEL_CLOSE, u32(rid))
+    relay.from_leg(relay.leg, r.CHANNEL_CLOSE, u32(rid))
     assert relay.channels == 0
 
 
@@ -127,7 +148,7 @@ def test_keepalive_is_answered_locally_and_hostkeys_are_not_passed_on(setup):
     a = relay.attach(Link())
     relay.from_client(a, r.GLOBAL_REQUEST, s(b"keepalive@openssh.com") + b"\1")
     assert a.link.sent == [(r.REQUEST_FAILURE, b"")] and upstream == []
-    relay.from_upstream(r.GLOBAL_REQUEST, s(b"hostkeys-00@openssh.com") + b"\0" + s(b"key"))
+    relay.from_leg(relay.leg, r.GLOBAL_REQUEST, s(b"hostkeys-00@openssh.com") + b"\0" + s(b"key"))
     assert a.link.sent == [(r.REQUEST_FAILURE, b"")] and upstream == []
 
 
@@ -145,11 +166,11 @@ def test_remote_forward_channels_go_to_the_client_that_asked(setup):
     a, b = relay.attach(Link()), relay.attach(Link())
     relay.from_client(a, r.GLOBAL_REQUEST, s(b"tcpip-forward") + b"\1" + s(b"localhost") + u32(0))
     relay.from_client(b, r.GLOBAL_REQUEST, s(b"tcpip-forward") + b"\1" + s(b"localhost") + u32(8022))
-    relay.from_upstream(r.REQUEST_SUCCESS, u32(40001))  # a's, with the allocated port
-    relay.from_upstream(r.REQUEST_SUCCESS, b"")
+    relay.from_leg(relay.leg, r.REQUEST_SUCCESS, u32(40001))  # a's, with the allocated port
+    relay.from_leg(relay.leg, r.REQUEST_SUCCESS, b"")
     assert a.link.sent == [(r.REQUEST_SUCCESS, u32(40001))] and b.link.sent == [(r.REQUEST_SUCCESS, b"")]
     extra = s(b"localhost") + u32(40001) + s(b"127.0.0.1") + u32(5555)
-    relay.from_upstream(r.CHANNEL_OPEN, s(b"forwarded-tcpip") + u32(77) + u32(1000) + u32(500) + extra)
+    relay.from_leg(relay.leg, r.CHANNEL_OPEN, s(b"forwarded-tcpip") + u32(77) + u32(1000) + u32(500) + extra)
     num, payload = a.link.sent[-1]
     assert num == r.CHANNEL_OPEN and payload.endswith(u32(1000) + u32(500) + extra)
     rid = struct.unpack(">L", payload[19:23])[0]
@@ -162,7 +183,7 @@ def test_remote_forward_channels_go_to_the_client_that_asked(setup):
 def test_unroutable_server_open_is_refused(setup):
     relay, upstream = setup
     relay.attach(Link())
-    relay.from_upstream(r.CHANNEL_OPEN, s(b"auth-agent@openssh.com") + u32(3) + u32(1) + u32(1))
+    relay.from_leg(relay.leg, r.CHANNEL_OPEN, s(b"auth-agent@openssh.com") + u32(3) + u32(1) + u32(1))
     assert upstream[-1][0] == r.CHANNEL_OPEN_FAILURE and upstream[-1][1][:4] == u32(3)
 
 
@@ -174,3 +195,65 @@ def test_shutdown_disconnects_every_client(setup):
     relay.shutdown("job 1.0 completed")
     assert a.link.disconnected == b.link.disconnected == "job 1.0 completed"
     assert len(upstream) == sent and relay.channels == 0 and relay.clients == 0
+
+
+def test_sessions_beyond_max_sessions_wait_for_another_leg():
+    harness = Harness(max_sessions=2)
+    relay = harness.relay
+    first = []
+    relay.add_leg(LegLink(first))
+    client = relay.attach(Link())
+    for i in range(3):
+        relay.from_client(client, r.CHANNEL_OPEN, s(b"session") + u32(i) + u32(100) + u32(100))
+    assert len(first) == 2 and harness.legs_wanted == 1
+    relay.from_client(client, r.CHANNEL_OPEN, s(b"direct-tcpip") + u32(9) + u32(100) + u32(100) + s(b"h") + u32(1)
+                      + s(b"o") + u32(2))
+    assert len(first) == 3 and first[-1][1].startswith(s(b"direct-tcpip"))  # not limited by MaxSessions
+    second = []
+    leg2 = relay.add_leg(LegLink(second))
+    assert len(second) == 1 and second[0][1].startswith(s(b"session"))
+    rid = struct.unpack(">L", second[0][1][11:15])[0]
+    relay.from_leg(leg2, r.CHANNEL_OPEN_CONFIRMATION, u32(rid) + u32(0) + u32(100) + u32(100))
+    assert client.link.sent[-1] == (r.CHANNEL_OPEN_CONFIRMATION, u32(2) + u32(rid) + u32(100) + u32(100))
+    with pytest.raises(r.ProtocolViolation):  # a leg may only speak for its own channels
+        relay.from_leg(relay.legs[0], r.CHANNEL_DATA, u32(rid) + s(b"x"))
+    relay.from_client(client, r.CHANNEL_CLOSE, u32(rid))
+    relay.from_leg(leg2, r.CHANNEL_CLOSE, u32(rid))
+    assert harness.idle == [leg2]
+
+
+def test_waiting_sessions_fail_when_no_leg_can_be_made():
+    harness = Harness(max_sessions=1)
+    relay = harness.relay
+    relay.add_leg(LegLink([]))
+    client = relay.attach(Link())
+    relay.from_client(client, r.CHANNEL_OPEN, s(b"session") + u32(0) + u32(100) + u32(100))
+    relay.from_client(client, r.CHANNEL_OPEN, s(b"session") + u32(1) + u32(100) + u32(100))
+    relay.leg_failed("job 1.0: too many negotiations")
+    num, payload = client.link.sent[-1]
+    assert num == r.CHANNEL_OPEN_FAILURE and payload.startswith(u32(1)) and b"too many negotiations" in payload
+    assert relay.channels == 1
+
+
+def test_lost_leg_closes_its_channels_towards_clients(setup):
+    relay, upstream = setup
+    a = relay.attach(Link())
+    open_session(relay, upstream, a, 5, 50)
+    relay.remove_leg(relay.leg)
+    assert a.link.sent[-1] == (r.CHANNEL_CLOSE, u32(5)) and relay.channels == 0
+
+
+def test_a_session_refused_beside_others_moves_to_another_leg():
+    harness = Harness(max_sessions=10)
+    relay = harness.relay
+    first = []
+    relay.leg = leg1 = relay.add_leg(LegLink(first))
+    client = relay.attach(Link())
+    open_session(relay, first, client, 0, 10)
+    relay.from_client(client, r.CHANNEL_OPEN, s(b"session") + u32(1) + u32(100) + u32(100))
+    rid = struct.unpack(">L", first[-1][1][11:15])[0]
+    relay.from_leg(leg1, r.CHANNEL_OPEN_FAILURE, u32(rid) + u32(2) + s(b"open failed") + s(b""))
+    assert harness.legs_wanted == 1 and leg1.capacity == 1  # the job's sshd allows 1 here
+    second = []
+    relay.add_leg(LegLink(second))
+    assert second[-1] == (r.CHANNEL_OPEN, s(b"session") + u32(rid) + u32(100) + u32(100))

@@ -1,0 +1,188 @@
+"""What the daemon holds for one job: its relay, its upstream legs and its clients.
+
+The first client to ask for a job starts the session; clients that ask meanwhile wait
+for the same negotiation. More legs are negotiated only when sshd's MaxSessions is
+reached. Legs close when unused for `idle_timeout` (the first one once no client is
+attached), because a live sshd keeps the job's slot claimed even after the job exits.
+"""
+
+from __future__ import annotations
+
+import time
+from typing import Awaitable, Callable
+
+from twisted.internet import defer
+from twisted.logger import Logger
+from twisted.python.failure import Failure
+
+from relayd.names import JobName
+from relayd.negotiate import Credentials, NegotiationFailed
+from relayd.relay import Client, ClientLink, Leg, ProtocolViolation, Relay
+from relayd.upstream import UpstreamConnection
+
+log = Logger()
+
+Progress = Callable[[str], None]
+OpenLeg = Callable[[Progress, bool], Awaitable[Credentials]]  # (progress, first leg?) -> credentials
+
+
+class JobSession:
+    def __init__(
+        self,
+        job: JobName,
+        open_leg: OpenLeg,
+        reactor,  # type: ignore[no-untyped-def]
+        idle_timeout: float,
+        on_closed: Callable[[JobSession], None],
+        max_sessions: int = 10,
+    ) -> None:
+        self.job = job
+        self.created = time.monotonic()
+        self.negotiations = 0
+        self.closed = False
+        self._open_leg = open_leg
+        self._reactor = reactor
+        self._idle_timeout = idle_timeout
+        self._on_closed = on_closed
+        self._connections: dict[Leg, UpstreamConnection] = {}
+        self._timers: dict[Leg, object] = {}
+        self._waiters: list[tuple[defer.Deferred[JobSession], Progress]] = []
+        self._ready = False
+        self.relay = Relay(self._need_leg, self._leg_idle, max_sessions=max_sessions)
+
+    # -- becoming ready ---------------------------------------------------------------------
+
+    def start(self) -> None:
+        defer.ensureDeferred(self._first_leg())
+
+    def wait_ready(self, progress: Progress) -> defer.Deferred[JobSession]:
+        """Fires when the first leg is up (at once if it is), or fails with its reason."""
+        if self._ready:
+            return defer.succeed(self)
+        waiter: defer.Deferred[JobSession] = defer.Deferred()
+        self._waiters.append((waiter, progress))
+        return waiter
+
+    def _progress(self, text: str) -> None:
+        for _, progress in self._waiters:
+            progress(text)
+
+    async def _first_leg(self) -> None:
+        try:
+            await self._add_leg(first=True)
+        except Exception as exc:
+            result = Failure()
+            if not isinstance(exc, NegotiationFailed):
+                log.failure("connecting to job {job} failed", result, job=self.job.job_id)
+            self._finish(f"could not connect: {exc}")
+            for waiter, _ in self._waiters:
+                waiter.errback(result)
+        else:
+            self._ready = True
+            self._arm_timer(self.relay.legs[0])
+            for waiter, _ in self._waiters:
+                waiter.callback(self)
+        self._waiters.clear()
+
+    async def _add_leg(self, first: bool) -> None:
+        self.negotiations += 1
+        credentials = await self._open_leg(self._progress, first)
+        connection = UpstreamConnection(self._reactor, self._from_job, self._leg_lost)
+        await connection.start(credentials)
+        if self.closed:
+            connection.close("relay no longer needs this connection")
+            return
+        leg = self.relay.add_leg(connection)
+        self._connections[leg] = connection
+        connection.leg = leg  # type: ignore[attr-defined]
+        log.info("job {job}: upstream connection {n} ready", job=self.job.job_id, n=len(self._connections))
+
+    def _need_leg(self) -> None:
+        """Every leg has MaxSessions sessions: negotiate one more."""
+        async def add() -> None:
+            try:
+                await self._add_leg(first=False)
+            except Exception as exc:
+                log.warn("job {job}: another upstream connection failed: {exc}", job=self.job.job_id, exc=exc)
+                self.relay.leg_failed(str(exc))
+
+        defer.ensureDeferred(add())
+
+    # -- traffic ------------------------------------------------------------------------------
+
+    def _from_job(self, connection: UpstreamConnection, msgnum: int, payload: bytes) -> None:
+        try:
+            self.relay.from_leg(connection.leg, msgnum, payload)  # type: ignore[attr-defined]
+        except ProtocolViolation as exc:
+            log.error("job {job}'s sshd broke the protocol: {exc}", job=self.job.job_id, exc=exc)
+            connection.close("protocol error")
+
+    def attach(self, link: ClientLink) -> Client:
+        if self.relay.legs:
+            self._cancel_timer(self.relay.legs[0])
+        return self.relay.attach(link)
+
+    def detach(self, client: Client) -> None:
+        self.relay.detach(client)
+        if not self.relay.clients and self.relay.legs:
+            self._arm_timer(self.relay.legs[0])
+
+    # -- ending -------------------------------------------------------------------------------
+
+    def _leg_lost(self, connection: UpstreamConnection, reason: str | None) -> None:
+        leg: Leg = connection.leg  # type: ignore[attr-defined]
+        self._connections.pop(leg, None)
+        self._cancel_timer(leg)
+        if self.closed:
+            return
+        legs = self.relay.legs
+        if legs and leg is legs[0]:
+            detail = f": {reason}" if reason else ""
+            self.close(f"connection to job {self.job.job_id} lost{detail}")
+        else:
+            self.relay.remove_leg(leg)
+
+    def close(self, reason: str) -> None:
+        """Disconnect every client (telling them why) and every leg."""
+        if self.closed:
+            return
+        for connection in list(self._connections.values()):
+            connection.close(reason)
+        self.relay.shutdown(reason)
+        self._finish(reason)
+
+    def _finish(self, reason: str) -> None:
+        self.closed = True
+        for leg in list(self._timers):
+            self._cancel_timer(leg)
+        log.info("job {job}: session closed ({reason})", job=self.job.job_id, reason=reason)
+        self._on_closed(self)
+
+    # -- idle timers ------------------------------------------------------------------------
+
+    def _leg_idle(self, leg: Leg) -> None:
+        if leg is not self.relay.legs[0]:
+            self._arm_timer(leg)
+
+    def _arm_timer(self, leg: Leg) -> None:
+        self._cancel_timer(leg)
+        self._timers[leg] = self._reactor.callLater(self._idle_timeout, self._idle_expired, leg)
+
+    def _cancel_timer(self, leg: Leg) -> None:
+        timer = self._timers.pop(leg, None)
+        if timer is not None and timer.active():  # type: ignore[attr-defined]
+            timer.cancel()  # type: ignore[attr-defined]
+
+    def _idle_expired(self, leg: Leg) -> None:
+        self._timers.pop(leg, None)
+        legs = self.relay.legs
+        if leg not in legs:
+            return
+        if leg is legs[0]:
+            if not self.relay.clients:
+                self.close(f"no clients for {self._idle_timeout:g} s")
+        elif not leg.channels:
+            self.relay.remove_leg(leg)
+            connection = self._connections.pop(leg, None)
+            if connection is not None:
+                connection.close(f"unused for {self._idle_timeout:g} s")
