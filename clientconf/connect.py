@@ -11,7 +11,7 @@ import os
 import socket
 import sys
 
-from relayd.protocol import BadRequest, format_connect
+from relayd.protocol import format_connect
 
 EXIT_ERROR = 255  # what ssh itself returns when a connection fails
 
@@ -49,10 +49,14 @@ def _hand_to_ssh(sock: socket.socket) -> None:
         socket.send_fds(out, [b"\0"], [sock.fileno()])
 
 
-def connect(socket_path: str, host: str, port: int, show_progress: bool) -> int:
+WAIT_ENV = "CONDOR_RELAY_WAIT"  # e.g. CONDOR_RELAY_WAIT=600 ssh job-1.0.condor
+
+
+def connect(socket_path: str, host: str, port: int, show_progress: bool, user: str | None = None) -> int:
     try:
-        request = format_connect(host, port)
-    except BadRequest as exc:
+        wait = os.environ.get(WAIT_ENV)
+        request = format_connect(host, port, user, float(wait) if wait else None)
+    except ValueError as exc:
         _say(str(exc))
         return EXIT_ERROR
     with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as sock:

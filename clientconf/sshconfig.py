@@ -34,6 +34,7 @@ def _quote_path(path: str) -> str:
 def render(settings: BlockSettings) -> str:
     """The managed block, markers included, ending with a newline."""
     proxy = " ".join(shlex.quote(w) for w in (settings.relayd, "connect", "--socket", settings.socket))
+    proxy += " --user %r"
     lines = [
         BEGIN,
         f"Host job-*.{settings.domain}",

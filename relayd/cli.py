@@ -29,7 +29,7 @@ def cmd_connect(args: argparse.Namespace) -> int:
     from clientconf.connect import connect
 
     socket_path = args.socket or str(default_paths().socket)
-    return connect(socket_path, args.host, args.port, show_progress=sys.stderr.isatty())
+    return connect(socket_path, args.host, args.port, show_progress=sys.stderr.isatty(), user=args.user)
 
 
 def cmd_ssh_config(args: argparse.Namespace) -> int:
@@ -79,6 +79,7 @@ def build_parser() -> argparse.ArgumentParser:
     connect.add_argument("host")
     connect.add_argument("port", nargs="?", type=int, default=22)
     connect.add_argument("--socket", help="the daemon's socket (default: from XDG_RUNTIME_DIR)")
+    connect.add_argument("--user", help="the user ssh connects as (%%r); used for EC2 instances")
     connect.set_defaults(func=cmd_connect)
 
     ssh_config = sub.add_parser("ssh-config", help="print, install or uninstall the ssh_config block")

@@ -3,17 +3,30 @@
 from __future__ import annotations
 
 import os
+import re
 import shutil
-from dataclasses import dataclass, fields
+from dataclasses import dataclass, field, fields
 from pathlib import Path
+from typing import Any
 
 import yaml
 
 JOB_LOOKUPS = ("htcondor", "sandbox", "none")
+LABEL_PATTERN = re.compile(r"[a-z][a-z0-9_-]{0,62}", re.ASCII)  # as in host names
 
 
 class ConfigError(ValueError):
     """A config file that cannot be used; the message names the file, line and key."""
+
+
+@dataclass(frozen=True)
+class ScheddConfig:
+    """Which schedd (and pool) a host-name label means, and how to negotiate there."""
+
+    name: str | None = None  # None: the local schedd
+    pool: str | None = None  # None: the local pool
+    shells: str | None = None  # passed as -shells
+    keygen_options: str | None = None  # passed as -keygen-options; None: the global value
 
 
 @dataclass(frozen=True)
@@ -24,26 +37,108 @@ class Config:
     idle_timeout: float = 30.0
     negotiation_timeout: float = 120.0
     sandbox_pool: str | None = None
+    schedds: dict[str, ScheddConfig] = field(default_factory=dict)
+    shells: str | None = None
+    # The starter appends these to its ssh-keygen call; ed25519 keys make a cold connect
+    # several times faster than the default RSA-3072 (see README, Performance).
+    keygen_options: str | None = "-t ed25519"
+    wait_for_running: float = 0.0
+    running_grace: float = 20.0
+    watch_interval: float = 15.0
+    ec2_user: str | None = None
+    ec2_port: int = 22  # the instances' sshd port; other values are for tests
 
     def negotiator_path(self) -> str | None:
         """The negotiator executable as an absolute path, or None when not found."""
         found = shutil.which(os.path.expanduser(self.condor_ssh_to_job))
         return os.path.abspath(found) if found else None
 
+    def schedd(self, label: str | None) -> ScheddConfig:
+        """The schedd a host-name label names (None: the `default` entry, else local).
 
+        Per-schedd shells and keygen_options fall back to the global ones.
+        """
+        key = label or "default"
+        if key not in self.schedds:
+            if label is not None:
+                known = ", ".join(sorted(k for k in self.schedds if k != "default")) or "none configured"
+                raise KeyError(f"unknown schedd label {label!r} (known labels: {known})")
+            found = ScheddConfig()
+        else:
+            found = self.schedds[key]
+        return ScheddConfig(
+            name=found.name,
+            pool=found.pool,
+            shells=found.shells if found.shells is not None else self.shells,
+            keygen_options=found.keygen_options if found.keygen_options is not None else self.keygen_options,
+        )
+
+
+_NUMBER = (int, float)
 _TYPES: dict[str, tuple[type, ...]] = {
     "condor_ssh_to_job": (str,),
     "job_lookup": (str,),
     "domain": (str,),
-    "idle_timeout": (int, float),
-    "negotiation_timeout": (int, float),
+    "idle_timeout": _NUMBER,
+    "negotiation_timeout": _NUMBER,
     "sandbox_pool": (str,),
+    "schedds": (dict,),
+    "shells": (str,),
+    "keygen_options": (str,),
+    "wait_for_running": _NUMBER,
+    "running_grace": _NUMBER,
+    "watch_interval": _NUMBER,
+    "ec2_user": (str,),
+    "ec2_port": (int,),
 }
+_POSITIVE = ("idle_timeout", "negotiation_timeout", "watch_interval", "ec2_port")
+_NOT_NEGATIVE = ("wait_for_running", "running_grace")
+_SCHEDD_KEYS = {f.name for f in fields(ScheddConfig)}
 
 
 def _fail(path: Path, node: yaml.Node | None, message: str) -> ConfigError:
     where = f"{path}:{node.start_mark.line + 1}" if node is not None else str(path)
     return ConfigError(f"{where}: {message}")
+
+
+def _kind(expected: tuple[type, ...]) -> str:
+    return {str: "string", dict: "mapping"}.get(expected[0], "number" if float in expected else "whole number")
+
+
+def _value(path: Path, key: str, node: yaml.Node, expected: tuple[type, ...]) -> Any:
+    value = yaml.safe_load(yaml.serialize(node))
+    if value is None and key in ("keygen_options", "shells", "ec2_user", "sandbox_pool"):
+        return None  # an explicit null turns an optional setting off
+    if isinstance(value, bool) or not isinstance(value, expected):
+        raise _fail(path, node, f"{key} must be a {_kind(expected)}, not {value!r}")
+    return value
+
+
+def _mapping(path: Path, node: yaml.Node, what: str) -> list[tuple[yaml.Node, yaml.Node]]:
+    if not isinstance(node, yaml.MappingNode):
+        raise _fail(path, node, f"{what} must be a mapping")
+    return node.value
+
+
+def _parse_schedds(path: Path, node: yaml.Node) -> dict[str, ScheddConfig]:
+    schedds = {}
+    for label_node, entry_node in _mapping(path, node, "schedds"):
+        label = label_node.value
+        if not isinstance(label, str) or not LABEL_PATTERN.fullmatch(label):
+            raise _fail(path, label_node, f"schedd label {label!r} must be lower-case letters, digits, - or _, "
+                                          "starting with a letter (it becomes part of host names)")
+        values = {}
+        for key_node, value_node in _mapping(path, entry_node, f"schedds.{label}"):
+            key = key_node.value
+            if key not in _SCHEDD_KEYS:
+                raise _fail(path, key_node, f"unknown key {key!r} in schedds.{label} "
+                                            f"(known keys: {', '.join(sorted(_SCHEDD_KEYS))})")
+            value = yaml.safe_load(yaml.serialize(value_node))
+            if value is not None and not isinstance(value, str):
+                raise _fail(path, value_node, f"schedds.{label}.{key} must be a string, not {value!r}")
+            values[key] = value
+        schedds[label] = ScheddConfig(**values)
+    return schedds
 
 
 def parse_config(text: str, path: Path) -> Config:
@@ -58,34 +153,35 @@ def parse_config(text: str, path: Path) -> Config:
         return Config()
     if not isinstance(root, yaml.MappingNode):
         raise _fail(path, root, "the config must be a mapping of keys to values")
-    known = {f.name for f in fields(Config)}
-    values: dict[str, object] = {}
+    values: dict[str, Any] = {}
+    nodes: dict[str, yaml.Node] = {}
     for key_node, value_node in root.value:
         key = key_node.value
-        if key not in known:
-            raise _fail(path, key_node, f"unknown key {key!r} (known keys: {', '.join(sorted(known))})")
-        value = yaml.safe_load(yaml.serialize(value_node))
-        expected = _TYPES[key]
-        if isinstance(value, bool) or not isinstance(value, expected):
-            kind = "number" if float in expected else "string"
-            raise _fail(path, value_node, f"{key} must be a {kind}, not {value!r}")
-        values[key] = value
-    config = Config(**values)  # type: ignore[arg-type]
-    _check_values(config, path, root)
+        if key not in _TYPES:
+            raise _fail(path, key_node, f"unknown key {key!r} (known keys: {', '.join(sorted(_TYPES))})")
+        nodes[key] = value_node
+        if key == "schedds":
+            values[key] = _parse_schedds(path, value_node)
+        else:
+            values[key] = _value(path, key, value_node, _TYPES[key])
+    config = Config(**values)
+    _check_values(config, path, nodes)
     return config
 
 
-def _check_values(config: Config, path: Path, root: yaml.MappingNode) -> None:
-    nodes = {k.value: v for k, v in root.value}
+def _check_values(config: Config, path: Path, nodes: dict[str, yaml.Node]) -> None:
     if config.job_lookup not in JOB_LOOKUPS:
         raise _fail(path, nodes.get("job_lookup"), f"job_lookup must be one of {', '.join(JOB_LOOKUPS)}")
     if config.job_lookup == "sandbox" and not config.sandbox_pool:
         raise _fail(path, nodes.get("job_lookup"), "job_lookup: sandbox needs sandbox_pool (the pool directory)")
-    for key in ("idle_timeout", "negotiation_timeout"):
+    for key in _POSITIVE:
         if getattr(config, key) <= 0:
             raise _fail(path, nodes.get(key), f"{key} must be greater than 0")
-    if not config.domain or config.domain.startswith(".") or " " in config.domain:
-        raise _fail(path, nodes.get("domain"), "domain must be a DNS suffix such as 'condor'")
+    for key in _NOT_NEGATIVE:
+        if getattr(config, key) < 0:
+            raise _fail(path, nodes.get(key), f"{key} must not be negative")
+    if not re.fullmatch(r"[a-z0-9]([a-z0-9-]*[a-z0-9])?(\.[a-z0-9]([a-z0-9-]*[a-z0-9])?)*", config.domain, re.ASCII):
+        raise _fail(path, nodes.get("domain"), "domain must be a lower-case DNS suffix such as 'condor'")
 
 
 def load_config(path: Path) -> Config:

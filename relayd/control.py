@@ -98,7 +98,7 @@ class ControlConnection(protocol.Protocol):
             self._state = _State.AWAIT_CAPTURE
             return
         self._state = _State.CONNECTING
-        connecting = defer.ensureDeferred(self._daemon.connect(request.host, request.port, self._progress))
+        connecting = defer.ensureDeferred(self._daemon.connect(request, self._progress))
         connecting.addCallbacks(self._connected, self._connect_failed)
 
     def _read_capture(self) -> None:

@@ -1,4 +1,4 @@
-"""The daemon: one private unix socket, one negotiated upstream per job, shared by clients."""
+"""The daemon: one private unix socket, and one session per job shared by all its clients."""
 
 from __future__ import annotations
 
@@ -6,7 +6,7 @@ import errno
 import os
 import socket
 
-from twisted.internet import defer, threads
+from twisted.internet import defer
 from twisted.logger import Logger
 
 from relayd.config import Config
@@ -14,24 +14,19 @@ from relayd.control import ControlFactory, UserError
 from relayd.downstream import ClientTransportFactory
 from relayd.hostkey import load_or_create
 from relayd.jobs import JobSession, Progress
-from relayd.lookup import HTCondorSource, JobSource, LookupFailed, SandboxSource, explain
+from relayd.lookup import JobSource, LookupFailed
 from relayd.names import BadHostName, JobName, parse_host
-from relayd.negotiate import Captures, Credentials, NegotiationFailed, Negotiator
+from relayd.negotiate import Captures, Credentials, NegotiationFailed
 from relayd.paths import Paths, private_dir
+from relayd.protocol import Connect
+from relayd.reach import Reacher, Request
+from relayd.trust import NegotiatedKey
+from relayd.watch import JobWatcher
 
 log = Logger()
 
 class AlreadyRunning(Exception):
     pass
-
-
-def _job_source(config: Config) -> JobSource | None:
-    if config.job_lookup == "sandbox":
-        assert config.sandbox_pool is not None
-        return SandboxSource(config.sandbox_pool)
-    if config.job_lookup == "htcondor":
-        return HTCondorSource()
-    return None
 
 
 class RelayDaemon:
@@ -41,8 +36,9 @@ class RelayDaemon:
         self.paths = paths
         self.captures = Captures()
         self.jobs: dict[JobName, JobSession] = {}
-        self.negotiations = 0
-        self._source = _job_source(config)
+        self.reacher = Reacher(reactor, config, paths, self.captures)
+        self.watcher = JobWatcher(reactor, config.watch_interval, lambda: list(self.jobs.values()),
+                                  self._watch_source)
         self._port = None
         private_dir(paths.state_dir)
         self.client_factory = ClientTransportFactory(load_or_create(paths.host_key, paths.known_hosts))
@@ -80,43 +76,43 @@ class RelayDaemon:
 
     # -- connecting clients -------------------------------------------------------------
 
-    async def connect(self, host: str, port: int, progress: Progress) -> JobSession:
-        """Resolve `host` to a job and return its session once connected (negotiating once)."""
+    async def connect(self, request: Connect, progress: Progress) -> JobSession:
+        """Resolve the host to a job and return its session once connected (negotiating once)."""
         try:
-            job = parse_host(host, self.config.domain)
-        except BadHostName as exc:
+            job = parse_host(request.host, self.config.domain)
+            self.reacher.schedd(job.label)
+        except (BadHostName, NegotiationFailed) as exc:
             raise UserError(str(exc)) from None
+        wait = request.wait if request.wait is not None else self.config.wait_for_running
+        reach = Request(job, request.user, wait)
         session = self.jobs.get(job)
         if session is None:
             session = self.jobs[job] = JobSession(
-                job, lambda progress, first: self._open_leg(job, progress, first), self.reactor,
+                job, lambda progress, first: self._open_leg(session, reach, progress, first), self.reactor,
                 self.config.idle_timeout, self._session_closed,
             )
             session.start()
         try:
-            return await session.wait_ready(progress)
+            await session.wait_ready(progress)
         except (NegotiationFailed, LookupFailed) as exc:
             raise UserError(str(exc)) from None
+        if session.ec2_user is not None and self.reacher.ec2_user(request.user) != session.ec2_user:
+            raise UserError(f"job {job.job_id} is connected as {session.ec2_user}; ask for that user, or try "
+                            f"again once its connections have closed")
+        self.watcher.wake()
+        return session
 
-    async def _open_leg(self, job: JobName, progress: Progress, first: bool) -> Credentials:
-        """Negotiate one upstream connection; the first one looks the job up beforehand."""
-        if first and self._source is not None:
-            ad = await threads.deferToThread(self._source.query, job)
-            reason = explain(job, ad)
-            if reason:
-                raise NegotiationFailed(reason)
-        tool = self.config.negotiator_path()
-        if tool is None:
-            raise NegotiationFailed(
-                f"condor_ssh_to_job not found ({self.config.condor_ssh_to_job!r}); "
-                "install HTCondor's tools or set condor_ssh_to_job in the config"
-            )
-        progress(f"negotiating with job {job.job_id} through condor_ssh_to_job")
-        self.negotiations += 1
-        return await self._negotiator(tool).negotiate(job)
+    async def _open_leg(self, session: JobSession, request: Request, progress: Progress, first: bool) -> Credentials:
+        credentials = await self.reacher.open_leg(request, progress, first)
+        if not isinstance(credentials.host_key, NegotiatedKey):
+            session.ec2_user = credentials.user
+        return credentials
 
-    def _negotiator(self, tool: str) -> Negotiator:
-        return Negotiator(self.reactor, tool, self.captures, str(self.paths.socket), self.config.negotiation_timeout)
+    def _watch_source(self, label: str | None) -> JobSource | None:
+        try:
+            return self.reacher.source(label)
+        except NegotiationFailed:
+            return None  # the label left the config
 
     def _session_closed(self, session: JobSession) -> None:
         if self.jobs.get(session.job) is session:

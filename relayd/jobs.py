@@ -40,6 +40,7 @@ class JobSession:
         self.created = time.monotonic()
         self.negotiations = 0
         self.closed = False
+        self.ec2_user: str | None = None  # set when the job's legs go straight to an EC2 instance
         self._open_leg = open_leg
         self._reactor = reactor
         self._idle_timeout = idle_timeout
@@ -47,7 +48,7 @@ class JobSession:
         self._connections: dict[Leg, UpstreamConnection] = {}
         self._timers: dict[Leg, object] = {}
         self._waiters: list[tuple[defer.Deferred[JobSession], Progress]] = []
-        self._ready = False
+        self.ready = False
         self.relay = Relay(self._need_leg, self._leg_idle, max_sessions=max_sessions)
 
     # -- becoming ready ---------------------------------------------------------------------
@@ -57,7 +58,7 @@ class JobSession:
 
     def wait_ready(self, progress: Progress) -> defer.Deferred[JobSession]:
         """Fires when the first leg is up (at once if it is), or fails with its reason."""
-        if self._ready:
+        if self.ready:
             return defer.succeed(self)
         waiter: defer.Deferred[JobSession] = defer.Deferred()
         self._waiters.append((waiter, progress))
@@ -78,7 +79,7 @@ class JobSession:
             for waiter, _ in self._waiters:
                 waiter.errback(result)
         else:
-            self._ready = True
+            self.ready = True
             self._arm_timer(self.relay.legs[0])
             for waiter, _ in self._waiters:
                 waiter.callback(self)

@@ -1,23 +1,31 @@
 """Job lookups before negotiating, so users get a precise message instead of a terse one.
 
 Two sources share one code path: the htcondor2 bindings (a real schedd) and the sandbox
-pool's table. Both return the job ad as a plain dict with HTCondor's attribute names.
-Lookups block, so the daemon runs them in a thread.
+pool's table. Both return job ads as plain dicts with HTCondor's attribute names, and
+`assess` turns an ad into what the relay should do. Lookups block: the daemon runs them
+in a thread.
 """
 
 from __future__ import annotations
 
+import getpass
 import time
-from typing import Protocol
+from dataclasses import dataclass
+from enum import Enum
+from typing import Any, Iterable, Protocol
 
 from relayd.names import JobName
 
 IDLE, RUNNING, REMOVED, COMPLETED, HELD, TRANSFERRING_OUTPUT, SUSPENDED = range(1, 8)
+SCHEDULER_UNIVERSE, GRID_UNIVERSE, PARALLEL_UNIVERSE = 7, 9, 11
 
 ATTRIBUTES = [
     "ClusterId", "ProcId", "JobStatus", "Owner", "HoldReason", "JobUniverse", "GridResource",
     "EC2RemoteVirtualMachineName", "EC2KeyPairFile", "EnteredCurrentStatus", "QDate", "RemoteHost",
+    "JobCurrentStartDate",
 ]
+
+Ad = dict[str, Any]
 
 
 class LookupFailed(Exception):
@@ -25,27 +33,41 @@ class LookupFailed(Exception):
 
 
 class JobSource(Protocol):
-    def query(self, job: JobName) -> dict[str, object] | None:
-        """The job's ad, or None when it is not in the queue. Blocking."""
+    def query(self, jobs: Iterable[JobName] | None) -> list[Ad]:
+        """Ads of these queued jobs (None: all of the user's jobs), in one query. Blocking."""
+
+
+def job_constraint(jobs: Iterable[JobName] | None, owner: str) -> str:
+    """One ClassAd constraint for several jobs, so a watch costs one query per schedd."""
+    if jobs is None:
+        return f'Owner == "{owner}"'
+    return " || ".join(f"(ClusterId == {j.cluster} && ProcId == {j.proc})" for j in jobs) or "false"
+
+
+def find(ads: list[Ad], job: JobName) -> Ad | None:
+    return next((ad for ad in ads if ad.get("ClusterId") == job.cluster and ad.get("ProcId") == job.proc), None)
 
 
 class SandboxSource:
     """Reads the sandbox pool's job table, as a schedd query would return it."""
 
-    def __init__(self, pool_dir: str) -> None:
+    def __init__(self, pool_dir: str, schedd: str | None = None) -> None:
         self._pool_dir = pool_dir
+        self._schedd = schedd
 
-    def query(self, job: JobName) -> dict[str, object] | None:
-        from relayd.sandbox.pool import PoolError, load_ads
+    def query(self, jobs: Iterable[JobName] | None) -> list[Ad]:
+        from relayd.sandbox.pool import PoolError, load_ads, pool_settings
 
         try:
+            if self._schedd is not None and self._schedd != pool_settings(self._pool_dir).schedd_name:
+                raise LookupFailed(f"schedd {self._schedd!r} not found in the sandbox pool")
             ads = load_ads(self._pool_dir)
         except (OSError, PoolError) as exc:
             raise LookupFailed(f"cannot read the sandbox pool at {self._pool_dir}: {exc}") from None
-        for ad in ads:
-            if ad.get("ClusterId") == job.cluster and ad.get("ProcId") == job.proc:
-                return ad
-        return None
+        if jobs is None:
+            return ads  # the sandbox pool's jobs all belong to its one user
+        wanted = {(job.cluster, job.proc) for job in jobs}
+        return [ad for ad in ads if (ad.get("ClusterId"), ad.get("ProcId")) in wanted]
 
 
 class HTCondorSource:
@@ -60,24 +82,35 @@ class HTCondorSource:
 
         if self._schedd_name is None:
             return htcondor2.Schedd()
-        ad = htcondor2.Collector(self._pool).locate(htcondor2.DaemonType.Schedd, self._schedd_name)
+        try:
+            ad = htcondor2.Collector(self._pool).locate(htcondor2.DaemonType.Schedd, self._schedd_name)
+        except Exception as exc:  # HTCondorException or IOError from the bindings
+            raise LookupFailed(f"cannot reach the collector of pool {self._pool or '(local)'}: {exc}") from None
         if ad is None:  # Schedd(None) would silently mean the local schedd
             raise LookupFailed(f"schedd {self._schedd_name!r} not found in pool {self._pool or '(local)'}")
         return htcondor2.Schedd(ad)
 
-    def query(self, job: JobName) -> dict[str, object] | None:
+    def query(self, jobs: Iterable[JobName] | None) -> list[Ad]:
+        schedd = self._schedd()
         try:
-            ads = self._schedd().query(
-                constraint=f"ClusterId == {job.cluster} && ProcId == {job.proc}", projection=ATTRIBUTES, limit=1
-            )
-        except LookupFailed:
-            raise
-        except Exception as exc:  # the bindings raise HTCondorException and plain IOError/ValueError
-            raise LookupFailed(f"cannot query the schedd: {exc}") from None
-        return {key: ads[0].get(key) for key in ATTRIBUTES} if ads else None
+            ads = schedd.query(constraint=job_constraint(jobs, getpass.getuser()), projection=ATTRIBUTES)
+        except Exception as exc:
+            where = self._schedd_name or "the local schedd"
+            raise LookupFailed(f"cannot query {where}: {exc}") from None
+        return [ad_to_dict(ad) for ad in ads]
 
 
-def _duration(seconds: float) -> str:
+def ad_to_dict(ad: Any) -> Ad:
+    """A ClassAd (or mapping) as a plain dict of the attributes the relay reads."""
+    out = {}
+    for key in ATTRIBUTES:
+        value = ad.get(key) if hasattr(ad, "get") else None
+        if value is not None:
+            out[key] = value if isinstance(value, (int, float, str, bool)) else str(value)
+    return out
+
+
+def duration(seconds: float) -> str:
     seconds = int(max(seconds, 0))
     if seconds < 120:
         return f"{seconds} s"
@@ -86,27 +119,61 @@ def _duration(seconds: float) -> str:
     return f"{seconds // 3600} h {seconds % 3600 // 60} min"
 
 
-def explain(job: JobName, ad: dict[str, object] | None, now: float | None = None) -> str | None:
-    """Why the job cannot be reached now, or None when it is running."""
+class Action(Enum):
+    NEGOTIATE = "negotiate"  # running: condor_ssh_to_job
+    EC2 = "ec2"  # grid-universe EC2 job: straight to the instance
+    WAIT = "wait"  # idle: can be waited for
+    REFUSE = "refuse"  # cannot be reached; `message` says why
+
+
+@dataclass(frozen=True)
+class Verdict:
+    action: Action
+    message: str = ""
+
+
+def assess(job: JobName, ad: Ad | None, now: float | None = None) -> Verdict:
+    """What to do for a job, given its ad (None: not in the queue)."""
     job_id = f"{job.cluster}.{job.proc}"
     if ad is None:
-        return f"job {job_id} is not in the queue (finished, removed, or never submitted)"
+        return Verdict(Action.REFUSE, f"job {job_id} is not in the queue (finished, removed, or never submitted)")
     status = ad.get("JobStatus")
     since = ad.get("EnteredCurrentStatus")
-    for_how_long = f" for {_duration((now or time.time()) - since)}" if isinstance(since, (int, float)) else ""
+    for_how_long = f" for {duration((now or time.time()) - since)}" if isinstance(since, (int, float)) else ""
+    universe = ad.get("JobUniverse")
+    grid = str(ad.get("GridResource") or "")
+    if universe == GRID_UNIVERSE and grid.lower().startswith("ec2"):
+        if status == RUNNING:
+            return Verdict(Action.EC2)
+    elif universe in (GRID_UNIVERSE, SCHEDULER_UNIVERSE):
+        return Verdict(Action.REFUSE, f"job {job_id} does not support remote access ({_universe(universe)} universe)")
+    if universe == PARALLEL_UNIVERSE and job.node is None and status == RUNNING:
+        return Verdict(Action.REFUSE, f"job {job_id} is a parallel job: name a node, e.g. job-{job_id}.0.<domain>")
     if status == RUNNING:
-        return None
+        return Verdict(Action.NEGOTIATE)
     if status == IDLE:
-        return f"job {job_id} is idle{for_how_long}; it can be reached once it starts running"
+        return Verdict(Action.WAIT, f"job {job_id} is idle{for_how_long}")
     if status == HELD:
-        reason = ad.get("HoldReason") or "no reason given"
-        return f"job {job_id} is held: {reason}"
+        return Verdict(Action.REFUSE, f"job {job_id} is held: {ad.get('HoldReason') or 'no reason given'}")
     if status == COMPLETED:
-        return f"job {job_id} has completed"
+        return Verdict(Action.REFUSE, f"job {job_id} has completed")
     if status == REMOVED:
-        return f"job {job_id} was removed"
+        return Verdict(Action.REFUSE, f"job {job_id} was removed")
     if status == TRANSFERRING_OUTPUT:
-        return f"job {job_id} has finished and is transferring its output"
+        return Verdict(Action.REFUSE, f"job {job_id} has finished and is transferring its output")
     if status == SUSPENDED:
-        return f"job {job_id} is suspended{for_how_long}"
-    return f"job {job_id} is in an unknown state ({status!r})"
+        return Verdict(Action.REFUSE, f"job {job_id} is suspended{for_how_long}")
+    return Verdict(Action.REFUSE, f"job {job_id} is in an unknown state ({status!r})")
+
+
+def left_running(job: JobName, ad: Ad | None) -> str | None:
+    """Why a job the relay is connected to should be let go, or None if it still runs."""
+    if ad is not None and ad.get("JobStatus") == RUNNING:
+        return None
+    if ad is None:
+        return f"job {job.cluster}.{job.proc} left the queue (completed or removed); connection closed"
+    return f"{assess(job, ad).message}; connection closed"
+
+
+def _universe(number: object) -> str:
+    return {SCHEDULER_UNIVERSE: "scheduler", GRID_UNIVERSE: "grid"}.get(number, str(number))  # type: ignore[arg-type]

@@ -24,23 +24,33 @@ from twisted.internet.interfaces import IReactorProcess, IReactorTime
 from twisted.logger import Logger
 
 from relayd.capture_hook import SOCKET_ENV, TOKEN_ENV
+from relayd.config import ScheddConfig
 from relayd.names import JobName
+from relayd.trust import HostKeyPolicy, NegotiatedKey
 
 log = Logger()
 _MAX_STDERR = 64 * 1024
 
 
 class NegotiationFailed(Exception):
-    """The job could not be reached; str() is the one-line message for the user."""
+    """The job could not be reached; str() is the one-line message for the user.
+
+    `retryable` marks failures condor_ssh_to_job itself would retry with -auto-retry
+    (e.g. a job that started running a moment ago).
+    """
+
+    def __init__(self, message: str, retryable: bool = False) -> None:
+        super().__init__(message)
+        self.retryable = retryable
 
 
 @dataclass(frozen=True)
 class Credentials:
-    """What one negotiation produced. Held in memory only."""
+    """What it takes to open one upstream connection. Held in memory only."""
 
     user: str
     private_key: keys.Key
-    server_key: keys.Key
+    host_key: HostKeyPolicy
     job_socket: socket.socket
 
 
@@ -53,7 +63,7 @@ def _parse_capture(payload: dict[str, object], fd: int) -> Credentials:
         return Credentials(
             user=str(user),
             private_key=keys.Key.fromString(str(private_key).encode()),
-            server_key=keys.Key.fromString(str(server_key).encode()),
+            host_key=NegotiatedKey(keys.Key.fromString(str(server_key).encode())),
             job_socket=job_socket,
         )
     except Exception:
@@ -140,16 +150,16 @@ class Negotiator:
         self._timeout = timeout
         self._setsid = shutil.which("setsid")
 
-    def argv(self, job: JobName, hook: str, schedd: str | None = None, pool: str | None = None) -> list[str]:
+    def argv(self, job: JobName, hook: str, schedd: ScheddConfig) -> list[str]:
         argv = [self._tool, "-ssh", hook]
-        if schedd:
-            argv += ["-name", schedd]
-        if pool:
-            argv += ["-pool", pool]
+        for option, value in (("-name", schedd.name), ("-pool", schedd.pool), ("-shells", schedd.shells),
+                              ("-keygen-options", schedd.keygen_options)):
+            if value:
+                argv += [option, value]
         return argv + [job.job_id]
 
-    async def negotiate(self, job: JobName, schedd: str | None = None, pool: str | None = None) -> Credentials:
-        argv = self.argv(job, hook_path(), schedd, pool)
+    async def negotiate(self, job: JobName, schedd: ScheddConfig) -> Credentials:
+        argv = self.argv(job, hook_path(), schedd)
         token, captured = self._captures.expect()
         env = dict(os.environ, **{SOCKET_ENV: self._daemon_socket, TOKEN_ENV: token})
         tool = _ToolProcess()
@@ -180,7 +190,7 @@ class Negotiator:
         detail = tool.message() or f"condor_ssh_to_job exited with status {code} and no message"
         if code == 0:
             detail = f"condor_ssh_to_job finished without handing over a connection ({detail})"
-        raise NegotiationFailed(f"job {job.job_id}: {detail}")
+        raise NegotiationFailed(f"job {job.job_id}: {detail}", retryable="-auto-retry" in detail)
 
     @staticmethod
     def _kill(process, own_group: bool) -> None:  # type: ignore[no-untyped-def]

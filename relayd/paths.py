@@ -38,6 +38,11 @@ class Paths:
         return self.state_dir / "known_hosts"
 
     @property
+    def ec2_known_hosts(self) -> Path:
+        """Host keys of EC2 instances, pinned on first use."""
+        return self.state_dir / "ec2_known_hosts"
+
+    @property
     def log_file(self) -> Path:
         return self.state_dir / "relayd.log"
 

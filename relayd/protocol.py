@@ -1,7 +1,10 @@
 """The line protocol on the daemon's unix socket, shared by the daemon, helper and hook.
 
 Requests (one line, client to daemon):
-    CONNECT <host> <port>    the ProxyCommand helper asks for a relayed SSH connection
+    CONNECT <host> <port> [user=<name>] [wait=<seconds>]
+                             the ProxyCommand helper asks for a relayed SSH connection; user is
+                             the one ssh connects as (%r, used for EC2 instances), wait how long
+                             to wait for an idle job to start
     CAPTURE <token>          the capture hook hands over a negotiated socket; the next line is a
                              JSON object with the keys, sent together with the socket (SCM_RIGHTS)
 Replies (daemon to client), any number of PROGRESS lines, then OK or ERROR:
@@ -28,6 +31,8 @@ class BadRequest(ValueError):
 class Connect:
     host: str
     port: int
+    user: str | None = None
+    wait: float | None = None
 
 
 @dataclass(frozen=True)
@@ -43,20 +48,44 @@ def parse_request(line: bytes) -> Connect | Capture:
         words = line.decode("ascii").split(" ")
     except UnicodeDecodeError:
         raise BadRequest("request is not ASCII") from None
-    if words[0] == "CONNECT" and len(words) == 3 and words[1] and words[1].isprintable():
+    if words[0] == "CONNECT" and len(words) >= 3 and words[1] and words[1].isprintable():
         if not words[2].isdigit() or not 0 < int(words[2]) < 65536:
             raise BadRequest(f"bad port {words[2][:10]!r}")
-        return Connect(words[1], int(words[2]))
+        return Connect(words[1], int(words[2]), **_connect_options(words[3:]))
     if words[0] == "CAPTURE" and len(words) == 2 and 16 <= len(words[1]) <= 64 and set(words[1]) <= _TOKEN_CHARS:
         return Capture(words[1])
     raise BadRequest(f"unknown request {words[0][:20]!r}")
 
 
-def format_connect(host: str, port: int) -> bytes:
-    """The request line the helper sends; the host must be a single printable word."""
-    if not host or not host.isprintable() or " " in host:
-        raise BadRequest(f"bad host name {host!r}")
-    return f"CONNECT {host} {port}\n".encode("ascii", "backslashreplace")
+def _connect_options(words: list[str]) -> dict[str, object]:
+    options: dict[str, object] = {}
+    for word in words:
+        key, _, value = word.partition("=")
+        if key == "user" and value and value.isprintable() and "user" not in options:
+            options["user"] = value
+        elif key == "wait" and _is_seconds(value) and "wait" not in options:
+            options["wait"] = float(value)
+        else:
+            raise BadRequest(f"bad CONNECT option {word[:30]!r}")
+    return options
+
+
+def _is_seconds(value: str) -> bool:
+    try:
+        return 0 <= float(value) <= 7 * 86400
+    except ValueError:
+        return False
+
+
+def format_connect(host: str, port: int, user: str | None = None, wait: float | None = None) -> bytes:
+    """The request line the helper sends; host and user must be single printable words."""
+    for what, word in (("host name", host), ("user name", user)):
+        if word is not None and (not word or not word.isprintable() or " " in word):
+            raise BadRequest(f"bad {what} {word!r}")
+    if wait is not None and not _is_seconds(str(wait)):
+        raise BadRequest(f"bad wait {wait!r}: seconds from 0 to a week")
+    options = (f" user={user}" if user else "") + (f" wait={wait:g}" if wait is not None else "")
+    return f"CONNECT {host} {port}{options}\n".encode("ascii", "backslashreplace")
 
 
 def reply(kind: str, text: str = "") -> bytes:

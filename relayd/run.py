@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import signal
 import sys
 
 from relayd.config import ConfigError, load_config
@@ -45,10 +44,9 @@ def run(paths: Paths, verbose: bool = False) -> int:
         print(f"relayd: {exc}", file=sys.stderr)
         return 1
 
-    def shutdown(signum, frame) -> None:  # type: ignore[no-untyped-def]
-        reactor.callFromThread(lambda: daemon.stop().addBoth(lambda _: reactor.stop()))
-
-    signal.signal(signal.SIGTERM, shutdown)
-    signal.signal(signal.SIGINT, shutdown)
-    reactor.run(installSignalHandlers=False)
+    # Twisted's own signal handling: SIGTERM/SIGINT stop the reactor (running daemon.stop
+    # first), and its SIGCHLD handler reaps condor_ssh_to_job; without it, a child that
+    # exits just after closing its pipes is never reaped and its negotiation never ends.
+    reactor.addSystemEventTrigger("before", "shutdown", daemon.stop)
+    reactor.run()
     return 0

@@ -18,6 +18,7 @@ from twisted.logger import Logger
 from twisted.python.failure import Failure
 
 from relayd.negotiate import Credentials, NegotiationFailed
+from relayd.trust import HostKeyRefused
 
 
 class _NegotiatedKeyAuth(userauth.SSHUserAuthClient):
@@ -90,9 +91,12 @@ class _UpstreamTransport(transport.SSHClientTransport):
         self.disconnect_reason: str | None = None
 
     def verifyHostKey(self, hostKey: bytes, fingerprint: bytes) -> defer.Deferred[bool]:
-        if hostKey == self._credentials.server_key.blob():
-            return defer.succeed(True)
-        return defer.fail(NegotiationFailed("the job's sshd presented a key other than the negotiated one"))
+        try:
+            self._credentials.host_key.check(hostKey)
+        except HostKeyRefused as exc:
+            self._upstream.refused = str(exc)
+            return defer.fail(NegotiationFailed(str(exc)))
+        return defer.succeed(True)
 
     def connectionSecure(self) -> None:
         self.requestService(_NegotiatedKeyAuth(self._credentials, _ConnectionService(self._upstream)))
@@ -134,6 +138,7 @@ class UpstreamConnection:
         self._transport: _UpstreamTransport | None = None
         self._ready: defer.Deferred[UpstreamConnection] = defer.Deferred()
         self.closed = False
+        self.refused: str | None = None  # why the server's host key was refused
 
     def start(self, credentials: Credentials) -> defer.Deferred[UpstreamConnection]:
         """Speak SSH over the negotiated socket; fires once authenticated."""
@@ -154,7 +159,7 @@ class UpstreamConnection:
         self.closed = True
         if not self._ready.called:
             detail = f" ({reason})" if reason else ""
-            self._ready.errback(NegotiationFailed(f"the job's sshd closed the connection{detail}"))
+            self._ready.errback(NegotiationFailed(self.refused or f"the job's sshd closed the connection{detail}"))
         else:
             self._on_lost(self, reason)
 

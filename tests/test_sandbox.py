@@ -376,7 +376,7 @@ def test_leaving_running_kills_the_job_and_its_sshds(pool, client_env):
     sshd_pid, = sshd_pids(pool, 1, 0)
     sshd_dir = pool / "execute" / "dir_1_0" / ".condor_ssh_to_job_1"
     assert (sshd_dir / "sshd_config").exists()
-    set_status(pool, 1, 0, "completed")
+    set_status(pool, 1, 0, "removed")
     assert session.wait(timeout=10) == 255  # ssh: connection closed
     for pid in (job_pid, sshd_pid):
         assert not Path(f"/proc/{pid}").exists() or "Z" in Path(f"/proc/{pid}/stat").read_text()
@@ -384,7 +384,24 @@ def test_leaving_running_kills_the_job_and_its_sshds(pool, client_env):
     wait_for(lambda: not sshd_dir.exists())  # the starter removes an sshd's directory
     wait_for(lambda: session_dirs(client_env) == [])
     ad, = load_ads(pool, include_history=True)
-    assert ad["JobStatus"] == 4 and ad["LastRemoteHost"] == "slot1_1@sandbox.local"
+    assert ad["JobStatus"] == 3 and ad["LastRemoteHost"] == "slot1_1@sandbox.local"
+
+
+def test_a_completed_job_leaves_its_sshds_running(pool, client_env):
+    """As on a real pool: the job exits, its sshds (and so the slot's claim) live on."""
+    submit_job(pool)
+    job_pid, = job_pids(pool, 1, 0)
+    session = subprocess.Popen([str(pool / "bin" / "condor_ssh_to_job"), *SSH, *FAST,
+                                "1.0", "sleep 30"], stdout=subprocess.DEVNULL,
+                               stderr=subprocess.DEVNULL)
+    try:
+        wait_for(lambda: sshd_pids(pool, 1, 0))
+        set_status(pool, 1, 0, "completed")
+        assert job_pids(pool, 1, 0) == [] and len(sshd_pids(pool, 1, 0)) == 1
+        assert session.poll() is None
+    finally:
+        session.kill()
+        session.wait()
 
 
 def test_hold_and_release_cycle(pool):

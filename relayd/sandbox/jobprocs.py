@@ -75,10 +75,14 @@ def live_sshds(layout: PoolLayout, cluster: int, proc: int) -> list[ProcessId]:
     return alive
 
 
-def vacate(layout: PoolLayout, cluster: int, proc: int) -> None:
-    """Kill the job's process and every sshd of the job, and forget them."""
+def vacate(layout: PoolLayout, cluster: int, proc: int, keep_sshds: bool = False) -> None:
+    """Kill the job's process and (unless keep_sshds) every sshd of the job, and forget them.
+
+    A job that exits on its own leaves its sshds running: on a real pool they keep the
+    slot claimed until the last one exits, which is what a relay must not cause.
+    """
     run_dir = layout.run_dir(cluster, proc)
-    records = [run_dir / _JOB_RECORD, *_sshd_records(run_dir)]
+    records = [run_dir / _JOB_RECORD, *([] if keep_sshds else _sshd_records(run_dir))]
     processes = [p for p in map(_read_record, records) if p is not None]
     for process in processes:
         kill_tree(process)

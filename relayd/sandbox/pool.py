@@ -32,6 +32,7 @@ from . import jobprocs
 from .jobuser import JobUser, current_user_name, ensure_job_user, resolve_job_user
 from .layout import (
     ARGV0_ENV,
+    COMPLETED,
     HELD,
     LEFT_QUEUE,
     PARALLEL,
@@ -113,7 +114,8 @@ def set_status(pool_dir: PathArg, cluster: int, proc: int, status: str | int,
                hold_reason: str | None = None) -> None:
     """Move a job to a new JobStatus, as condor_hold/release/rm/vacate or job exit would.
 
-    Leaving Running kills the job process and all the job's sshds; entering
+    Leaving Running kills the job process and, except when the job completes, all the
+    job's sshds (as hold, remove and vacate do; after a job exits its sshds live on); entering
     Running starts the job process (again) if it is not alive.
     """
     new_status = _status_code(status)
@@ -131,6 +133,11 @@ def load_ads(pool_dir: PathArg, *, include_history: bool = False) -> list[dict[s
     removed and completed jobs, which have left the queue."""
     ads = PoolLayout(pool_dir).read_table()["jobs"]
     return [ad for ad in ads if include_history or ad.get("JobStatus") not in LEFT_QUEUE]
+
+
+def pool_settings(pool_dir: PathArg) -> PoolSettings:
+    """The pool's settings (schedd name, job user, delays)."""
+    return PoolSettings.from_mapping(PoolLayout(pool_dir).read_table()["pool"])
 
 
 def job_pids(pool_dir: PathArg, cluster: int, proc: int) -> list[int]:
@@ -229,7 +236,7 @@ class _Queue:
             if "RemoteHost" in ad:
                 ad["LastRemoteHost"] = ad.pop("RemoteHost")
                 ad.pop("AllRemoteHosts", None)
-            jobprocs.vacate(self.layout, cluster, proc)
+            jobprocs.vacate(self.layout, cluster, proc, keep_sshds=new_status == COMPLETED)
         elif ad["JobUniverse"] not in SLOTLESS:
             if "RemoteHost" not in ad:
                 self._assign_slots(ad)

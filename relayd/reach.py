@@ -1,0 +1,139 @@
+"""How the relay reaches a job: look it up, wait for it if asked, then negotiate or go to EC2.
+
+A lookup first (when `job_lookup` allows) turns condor_ssh_to_job's terse failures into
+precise messages and finds EC2 jobs, which condor_ssh_to_job would not hand over. Right
+after a job starts, condor_ssh_to_job fails for a few seconds with a retryable error;
+those are retried for `running_grace` seconds before they are reported.
+"""
+
+from __future__ import annotations
+
+import getpass
+import time
+from dataclasses import dataclass
+
+from twisted.internet import task, threads
+
+from relayd.config import Config, ScheddConfig
+from relayd.ec2 import connect_instance
+from relayd.jobs import Progress
+from relayd.lookup import Action, Ad, HTCondorSource, JobSource, SandboxSource, assess, duration, find
+from relayd.names import JobName
+from relayd.negotiate import Captures, Credentials, NegotiationFailed, Negotiator
+from relayd.paths import Paths
+
+RETRY_INTERVAL = 2.0  # between retries of a job that is starting up
+
+
+@dataclass(frozen=True)
+class Request:
+    """What one client asked for."""
+
+    job: JobName
+    user: str | None = None  # the user ssh connects as (%r)
+    wait: float = 0.0  # seconds to wait for an idle job to start
+
+
+class Reacher:
+    def __init__(self, reactor, config: Config, paths: Paths, captures: Captures) -> None:  # type: ignore[no-untyped-def]
+        self._reactor = reactor
+        self._config = config
+        self._paths = paths
+        self._captures = captures
+        self._sources: dict[str | None, JobSource] = {}
+
+    def schedd(self, label: str | None) -> ScheddConfig:
+        try:
+            return self._config.schedd(label)
+        except KeyError as exc:
+            raise NegotiationFailed(exc.args[0]) from None
+
+    def source(self, label: str | None) -> JobSource | None:
+        """The job source for a schedd label, or None when lookups are off."""
+        if self._config.job_lookup == "none":
+            return None
+        if label not in self._sources:
+            schedd = self.schedd(label)
+            if self._config.job_lookup == "sandbox":
+                assert self._config.sandbox_pool is not None
+                self._sources[label] = SandboxSource(self._config.sandbox_pool, schedd.name)
+            else:
+                self._sources[label] = HTCondorSource(schedd.name, schedd.pool)
+        return self._sources[label]
+
+    async def open_leg(self, request: Request, progress: Progress, first: bool) -> Credentials:
+        """Credentials for one more upstream connection to the job."""
+        job = request.job
+        schedd = self.schedd(job.label)
+        source = self.source(job.label)
+        ad: Ad | None = None
+        if first and source is not None:
+            ad = await self._until_reachable(source, request, progress)
+            if assess(job, ad).action is Action.EC2:
+                return await self._ec2(request, ad)
+        return await self._negotiate(job, schedd, progress, ad, grace=source is not None and first)
+
+    async def _query(self, source: JobSource, job: JobName) -> Ad | None:
+        return find(await threads.deferToThread(source.query, [job]), job)
+
+    async def _until_reachable(self, source: JobSource, request: Request, progress: Progress) -> Ad | None:
+        """The job's ad once it runs; waits while it is idle if the request allows."""
+        job = request.job
+        started = time.monotonic()
+        interval = min(5.0, self._config.watch_interval)
+        while True:
+            ad = await self._query(source, job)
+            verdict = assess(job, ad)
+            if verdict.action is Action.REFUSE:
+                raise NegotiationFailed(verdict.message)
+            if verdict.action is not Action.WAIT:
+                return ad
+            waited = time.monotonic() - started
+            if waited >= request.wait and request.wait:
+                raise NegotiationFailed(f"job {job.cluster}.{job.proc} is still idle after waiting {duration(waited)}")
+            if waited >= request.wait:
+                raise NegotiationFailed(f"{verdict.message}; it can be reached once it runs (to wait for it: "
+                                        "CONDOR_RELAY_WAIT=<seconds> ssh ..., or wait_for_running in the config)")
+            progress(f"job {job.cluster}.{job.proc} is idle, waiting: {duration(waited)} of {duration(request.wait)}")
+            await task.deferLater(self._reactor, min(interval, request.wait - waited), lambda: None)
+
+    async def _negotiate(self, job: JobName, schedd: ScheddConfig, progress: Progress, ad: Ad | None,
+                         grace: bool) -> Credentials:
+        tool = self._config.negotiator_path()
+        if tool is None:
+            raise NegotiationFailed(
+                f"condor_ssh_to_job not found ({self._config.condor_ssh_to_job!r}); "
+                "install HTCondor's tools or set condor_ssh_to_job in the config"
+            )
+        negotiator = Negotiator(self._reactor, tool, self._captures, str(self._paths.socket),
+                                self._config.negotiation_timeout)
+        started = time.monotonic()
+        while True:
+            progress(f"negotiating with job {job.job_id} through condor_ssh_to_job")
+            try:
+                return await negotiator.negotiate(job, schedd)
+            except NegotiationFailed as exc:
+                waited = time.monotonic() - started
+                if not (grace and exc.retryable and waited < self._config.running_grace):
+                    raise _with_owner(exc, ad) from None
+                progress(f"job {job.job_id} is starting up; retrying ({duration(waited)})")
+                await task.deferLater(self._reactor, RETRY_INTERVAL, lambda: None)
+
+    def ec2_user(self, asked: str | None) -> str:
+        """The user to log in to an EC2 instance as: the one asked for, else `ec2_user`."""
+        if self._config.ec2_user and (asked is None or asked == getpass.getuser()):
+            return self._config.ec2_user  # ssh sends the local login name when none was asked for
+        return asked or getpass.getuser()
+
+    async def _ec2(self, request: Request, ad: Ad) -> Credentials:
+        return await connect_instance(request.job, ad, self.ec2_user(request.user), self._paths.ec2_known_hosts,
+                                      self._config.ec2_port)
+
+
+def _with_owner(exc: NegotiationFailed, ad: Ad | None) -> NegotiationFailed:
+    """Say whose job it is when condor_ssh_to_job refused someone else's."""
+    owner = (ad or {}).get("Owner")
+    me = getpass.getuser()
+    if owner and owner != me and "not authorized" in str(exc):
+        return NegotiationFailed(f"{exc} (the job belongs to {owner}; you are {me})")
+    return exc
