@@ -67,6 +67,28 @@ def cmd_ssh_config(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_jobs(args: argparse.Namespace) -> int:
+    from relayd.config import ConfigError, load_config
+    from relayd.listing import format_rows, list_jobs
+    from relayd.negotiate import Captures
+    from relayd.reach import Reacher
+
+    paths = default_paths()
+    try:
+        config = load_config(paths.config_file)
+    except ConfigError as exc:
+        print(f"relayd: {exc}", file=sys.stderr)
+        return 2
+    rows, errors = list_jobs(config, Reacher(None, config, paths, Captures()))
+    if rows:
+        sys.stdout.write(format_rows(rows))
+    elif not errors:
+        print("no jobs in the queue")
+    for error in errors:
+        print(f"relayd: {error}", file=sys.stderr)
+    return 1 if errors and not rows else 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="relayd", description="SSH to running HTCondor jobs by host name.")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
@@ -81,6 +103,9 @@ def build_parser() -> argparse.ArgumentParser:
     connect.add_argument("--socket", help="the daemon's socket (default: from XDG_RUNTIME_DIR)")
     connect.add_argument("--user", help="the user ssh connects as (%%r); used for EC2 instances")
     connect.set_defaults(func=cmd_connect)
+
+    jobs = sub.add_parser("jobs", help="list your jobs with their ssh host names (running first)")
+    jobs.set_defaults(func=cmd_jobs)
 
     ssh_config = sub.add_parser("ssh-config", help="print, install or uninstall the ssh_config block")
     ssh_config.add_argument("action", choices=["print", "install", "uninstall"])

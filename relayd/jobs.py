@@ -89,7 +89,10 @@ class JobSession:
         self.negotiations += 1
         credentials = await self._open_leg(self._progress, first)
         connection = UpstreamConnection(self._reactor, self._from_job, self._leg_lost)
-        await connection.start(credentials)
+        try:
+            await connection.start(credentials)
+        except NegotiationFailed as exc:
+            raise NegotiationFailed(f"job {self.job.job_id}: {exc}") from None
         if self.closed:
             connection.close("relay no longer needs this connection")
             return

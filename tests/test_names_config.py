@@ -64,7 +64,8 @@ def test_request_lines():
 def test_ssh_config_block_is_replaced_in_place_at_the_top():
     settings = sshconfig.BlockSettings("condor", "/opt/cr bin/relayd", "/run/user/1/condor-relay/relay.sock", "/s/kh")
     block = sshconfig.render(settings)
-    assert "ProxyCommand '/opt/cr bin/relayd' connect --socket /run/user/1/condor-relay/relay.sock --user %r %h %p" in block
+    proxy = "ProxyCommand '/opt/cr bin/relayd' connect --socket /run/user/1/condor-relay/relay.sock --user %r %h %p"
+    assert proxy in block
     assert "ProxyUseFdpass yes" in block and "Host job-*.condor" in block
     user = "Host *\n    User me\n"
     installed = sshconfig.with_block(user, block)
