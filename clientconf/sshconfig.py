@@ -31,8 +31,13 @@ def _quote_path(path: str) -> str:
     return f'"{path}"' if any(c.isspace() for c in path) else path
 
 
-def render(settings: BlockSettings) -> str:
-    """The managed block, markers included, ending with a newline."""
+def render(settings: BlockSettings, hosts: list[str] | None = None) -> str:
+    """The managed block, markers included, ending with a newline.
+
+    `hosts` adds one bare `Host` entry per running job after the wildcard entry (which
+    still supplies their options): VS Code's Remote Explorer and shell completion list
+    only explicit names.
+    """
     proxy = " ".join(shlex.quote(w) for w in (settings.relayd, "connect", "--socket", settings.socket))
     proxy += " --user %r"
     lines = [
@@ -46,8 +51,11 @@ def render(settings: BlockSettings) -> str:
         "    CheckHostIP no",
         "    ControlMaster no",
         "    ControlPath none",
-        END,
     ]
+    if hosts:
+        lines.append("# running jobs, refreshed by 'relayd ssh-config install --jobs'")
+        lines += [f"Host {host}" for host in hosts]
+    lines.append(END)
     return "\n".join(lines) + "\n"
 
 

@@ -42,13 +42,24 @@ def cmd_ssh_config(args: argparse.Namespace) -> int:
     except ConfigError as exc:
         print(f"relayd: {exc}", file=sys.stderr)
         return 2
+    hosts = None
+    if args.jobs:
+        from relayd.listing import list_jobs
+        from relayd.negotiate import Captures
+        from relayd.reach import Reacher
+
+        rows, errors = list_jobs(config, Reacher(None, config, paths, Captures()))
+        for error in errors:
+            print(f"relayd: {error}", file=sys.stderr)
+        hosts = [row.host for row in rows if row.reachable]
     block = sshconfig.render(
         sshconfig.BlockSettings(
             domain=config.domain,
             relayd=_relayd_executable(),
             socket=str(paths.socket),
             known_hosts=str(paths.known_hosts),
-        )
+        ),
+        hosts,
     )
     if args.action == "print":
         sys.stdout.write(block)
@@ -111,6 +122,8 @@ def build_parser() -> argparse.ArgumentParser:
     ssh_config.add_argument("action", choices=["print", "install", "uninstall"])
     ssh_config.add_argument("--file", help="ssh config file to edit (default: ~/.ssh/config)")
     ssh_config.add_argument("--dry-run", action="store_true", help="show the change as a diff, write nothing")
+    ssh_config.add_argument("--jobs", action="store_true",
+                            help="add a Host entry per running job (for VS Code's Remote Explorer)")
     ssh_config.set_defaults(func=cmd_ssh_config)
     return parser
 
