@@ -91,11 +91,13 @@ class HTCondorSource:
         return htcondor2.Schedd(ad)
 
     def query(self, jobs: Iterable[JobName] | None) -> list[Ad]:
-        schedd = self._schedd()
         try:
+            schedd = self._schedd()
             ads = schedd.query(constraint=job_constraint(jobs, getpass.getuser()), projection=ATTRIBUTES)
-        except Exception as exc:
-            where = self._schedd_name or "the local schedd"
+        except LookupFailed:
+            raise
+        except Exception as exc:  # HTCondorException, IOError, ValueError from the bindings
+            where = f"schedd {self._schedd_name!r}" if self._schedd_name else "the local schedd"
             raise LookupFailed(f"cannot query {where}: {exc}") from None
         return [ad_to_dict(ad) for ad in ads]
 
