@@ -7,8 +7,13 @@ import os
 import shutil
 import sys
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-from relayd.paths import default_paths
+from relayd.paths import Paths, default_paths
+
+if TYPE_CHECKING:
+    from relayd.config import Config
+    from relayd.listing import JobRow
 
 
 def _relayd_executable() -> str:
@@ -32,26 +37,31 @@ def cmd_connect(args: argparse.Namespace) -> int:
     return connect(socket_path, args.host, args.port, show_progress=sys.stderr.isatty(), user=args.user)
 
 
-def cmd_ssh_config(args: argparse.Namespace) -> int:
-    from clientconf import sshconfig
+def _load_config(paths: Paths) -> Config:
+    """The config, or exit 2 with the message naming file, line and key."""
     from relayd.config import ConfigError, load_config
 
-    paths = default_paths()
     try:
-        config = load_config(paths.config_file)
+        return load_config(paths.config_file)
     except ConfigError as exc:
-        print(f"relayd: {exc}", file=sys.stderr)
-        return 2
-    hosts = None
-    if args.jobs:
-        from relayd.listing import list_jobs
-        from relayd.negotiate import Captures
-        from relayd.reach import Reacher
+        raise SystemExit(f"relayd: {exc}") from None
 
-        rows, errors = list_jobs(config, Reacher(None, config, paths, Captures()))
-        for error in errors:
-            print(f"relayd: {error}", file=sys.stderr)
-        hosts = [row.host for row in rows if row.reachable]
+
+def _job_rows(config: Config) -> tuple[list[JobRow], list[str]]:
+    from relayd.listing import list_jobs
+
+    rows, errors = list_jobs(config)
+    for error in errors:
+        print(f"relayd: {error}", file=sys.stderr)
+    return rows, errors
+
+
+def cmd_ssh_config(args: argparse.Namespace) -> int:
+    from clientconf import sshconfig
+
+    paths = default_paths()
+    config = _load_config(paths)
+    hosts = [row.host for row in _job_rows(config)[0] if row.reachable] if args.jobs else None
     block = sshconfig.render(
         sshconfig.BlockSettings(
             domain=config.domain,
@@ -79,24 +89,13 @@ def cmd_ssh_config(args: argparse.Namespace) -> int:
 
 
 def cmd_jobs(args: argparse.Namespace) -> int:
-    from relayd.config import ConfigError, load_config
-    from relayd.listing import format_rows, list_jobs
-    from relayd.negotiate import Captures
-    from relayd.reach import Reacher
+    from relayd.listing import format_rows
 
-    paths = default_paths()
-    try:
-        config = load_config(paths.config_file)
-    except ConfigError as exc:
-        print(f"relayd: {exc}", file=sys.stderr)
-        return 2
-    rows, errors = list_jobs(config, Reacher(None, config, paths, Captures()))
+    rows, errors = _job_rows(_load_config(default_paths()))
     if rows:
         sys.stdout.write(format_rows(rows))
     elif not errors:
         print("no jobs in the queue")
-    for error in errors:
-        print(f"relayd: {error}", file=sys.stderr)
     return 1 if errors and not rows else 0
 
 

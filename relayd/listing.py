@@ -6,9 +6,8 @@ import time
 from dataclasses import dataclass
 
 from relayd.config import Config
-from relayd.lookup import RUNNING, Action, Ad, LookupFailed, assess, duration
+from relayd.lookup import RUNNING, Action, Ad, LookupFailed, assess, duration, make_source
 from relayd.names import JobName
-from relayd.reach import Reacher
 
 _STATES = {1: "idle", 2: "running", 3: "removed", 4: "completed", 5: "held", 6: "transferring output",
            7: "suspended"}
@@ -32,13 +31,13 @@ def _row(job: JobName, ad: Ad, domain: str, now: float) -> JobRow:
                   reachable=assess(job, ad).action in (Action.NEGOTIATE, Action.EC2))
 
 
-def list_jobs(config: Config, reacher: Reacher) -> tuple[list[JobRow], list[str]]:
+def list_jobs(config: Config) -> tuple[list[JobRow], list[str]]:
     """Rows for every configured schedd (running first), and one error line per schedd that failed."""
     rows, errors = [], []
     now = time.time()
     labels = [None] + sorted(label for label in config.schedds if label != "default")
     for label in labels:
-        source = reacher.source(label)
+        source = make_source(config, config.schedd(label))
         if source is None:
             errors.append("job_lookup is none: no schedd to ask")
             break

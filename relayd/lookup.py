@@ -14,6 +14,7 @@ from dataclasses import dataclass
 from enum import Enum
 from typing import Any, Iterable, Protocol
 
+from relayd.config import Config, ScheddConfig
 from relayd.names import JobName
 
 IDLE, RUNNING, REMOVED, COMPLETED, HELD, TRANSFERRING_OUTPUT, SUSPENDED = range(1, 8)
@@ -100,6 +101,16 @@ class HTCondorSource:
             where = f"schedd {self._schedd_name!r}" if self._schedd_name else "the local schedd"
             raise LookupFailed(f"cannot query {where}: {exc}") from None
         return [ad_to_dict(ad) for ad in ads]
+
+
+def make_source(config: Config, schedd: ScheddConfig) -> JobSource | None:
+    """The job source `job_lookup` names for a schedd, or None when lookups are off."""
+    if config.job_lookup == "sandbox":
+        assert config.sandbox_pool is not None
+        return SandboxSource(config.sandbox_pool, schedd.name)
+    if config.job_lookup == "htcondor":
+        return HTCondorSource(schedd.name, schedd.pool)
+    return None
 
 
 def ad_to_dict(ad: Any) -> Ad:

@@ -17,7 +17,7 @@ from twisted.internet import task, threads
 from relayd.config import Config, ScheddConfig
 from relayd.ec2 import connect_instance
 from relayd.jobs import Progress
-from relayd.lookup import Action, Ad, HTCondorSource, JobSource, SandboxSource, assess, duration, find
+from relayd.lookup import Action, Ad, JobSource, assess, duration, find, make_source
 from relayd.names import JobName
 from relayd.negotiate import Captures, Credentials, NegotiationFailed, Negotiator
 from relayd.paths import Paths
@@ -40,7 +40,7 @@ class Reacher:
         self._config = config
         self._paths = paths
         self._captures = captures
-        self._sources: dict[str | None, JobSource] = {}
+        self._sources: dict[str | None, JobSource | None] = {}
 
     def schedd(self, label: str | None) -> ScheddConfig:
         try:
@@ -49,16 +49,9 @@ class Reacher:
             raise NegotiationFailed(exc.args[0]) from None
 
     def source(self, label: str | None) -> JobSource | None:
-        """The job source for a schedd label, or None when lookups are off."""
-        if self._config.job_lookup == "none":
-            return None
+        """The job source for a schedd label (cached), or None when lookups are off."""
         if label not in self._sources:
-            schedd = self.schedd(label)
-            if self._config.job_lookup == "sandbox":
-                assert self._config.sandbox_pool is not None
-                self._sources[label] = SandboxSource(self._config.sandbox_pool, schedd.name)
-            else:
-                self._sources[label] = HTCondorSource(schedd.name, schedd.pool)
+            self._sources[label] = make_source(self._config, self.schedd(label))
         return self._sources[label]
 
     async def open_leg(self, request: Request, progress: Progress, first: bool) -> Credentials:
