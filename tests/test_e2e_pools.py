@@ -216,3 +216,9 @@ def test_relayd_jobs_lists_reachable_jobs_first(relay):
     assert lines[0].split() == ["HOST", "STATE", "SLOT", "RUNTIME"]
     assert lines[1].startswith(host_of(running)) and "running" in lines[1] and "slot" in lines[1]
     assert lines[2].startswith(host_of(idle)) and "idle" in lines[2]
+
+
+def test_missing_negotiator_is_named(relay):
+    restart(relay, condor_ssh_to_job="/nonexistent/condor_ssh_to_job")
+    job = sandbox.submit_job(relay.pool_dir, status="running")
+    assert_fails(relay.ssh(host_of(job), "true"), "condor_ssh_to_job not found ('/nonexistent/condor_ssh_to_job')")
