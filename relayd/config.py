@@ -24,6 +24,7 @@ class Config:
     idle_timeout: float = 30.0
     negotiation_timeout: float = 120.0
     sandbox_pool: str | None = None
+    exit_when_idle: float = 600.0  # started on demand: exit after this long without clients or upstreams; 0: never
 
     def negotiator_path(self) -> str | None:
         """The negotiator executable as an absolute path, or None when not found."""
@@ -38,6 +39,7 @@ _TYPES: dict[str, tuple[type, ...]] = {
     "idle_timeout": (int, float),
     "negotiation_timeout": (int, float),
     "sandbox_pool": (str,),
+    "exit_when_idle": (int, float),
 }
 
 
@@ -84,6 +86,8 @@ def _check_values(config: Config, path: Path, root: yaml.MappingNode) -> None:
     for key in ("idle_timeout", "negotiation_timeout"):
         if getattr(config, key) <= 0:
             raise _fail(path, nodes.get(key), f"{key} must be greater than 0")
+    if config.exit_when_idle < 0:
+        raise _fail(path, nodes.get("exit_when_idle"), "exit_when_idle must be 0 (never) or more seconds")
     if not config.domain or config.domain.startswith(".") or " " in config.domain:
         raise _fail(path, nodes.get("domain"), "domain must be a DNS suffix such as 'condor'")
 

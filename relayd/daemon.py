@@ -5,6 +5,8 @@ from __future__ import annotations
 import errno
 import os
 import socket
+import time
+from typing import TYPE_CHECKING, Callable
 
 from twisted.internet import defer, threads
 from twisted.logger import Logger
@@ -18,6 +20,9 @@ from relayd.lookup import HTCondorSource, JobSource, LookupFailed, SandboxSource
 from relayd.names import BadHostName, JobName, parse_host
 from relayd.negotiate import Captures, Credentials, NegotiationFailed, Negotiator
 from relayd.paths import Paths, private_dir
+
+if TYPE_CHECKING:
+    from relayd.control import ControlConnection
 
 log = Logger()
 
@@ -42,8 +47,13 @@ class RelayDaemon:
         self.captures = Captures()
         self.jobs: dict[JobName, JobSession] = {}
         self.negotiations = 0
+        self.started = time.time()
+        self.activation = "foreground"  # or "helper" / "systemd": how run.py started it, for status
+        self.connections: set[ControlConnection] = set()  # every open connection on the socket
+        self.on_idle_change: Callable[[], None] = lambda: None  # clients or upstreams came or went
         self._source = _job_source(config)
         self._port = None
+        self._adopted = False
         private_dir(paths.state_dir)
         self.client_factory = ClientTransportFactory(load_or_create(paths.host_key, paths.known_hosts))
         self.client_factory.doStart()
@@ -73,10 +83,33 @@ class RelayDaemon:
             os.umask(old_umask)
         log.info("relayd listening on {path}", path=str(path))
 
+    def adopt(self, fd: int) -> None:
+        """Serve a socket someone else listens on (systemd socket activation)."""
+        self._port = self.reactor.adoptStreamPort(fd, socket.AF_UNIX, ControlFactory(self))
+        self._adopted = True
+        log.info("relayd serving the socket systemd passed ({path})", path=str(self.paths.socket))
+
+    def reload(self, config: Config) -> None:
+        """A new config (SIGHUP): new sessions use it; running sessions keep theirs."""
+        self.config = config
+        self._source = _job_source(config)
+
+    def is_idle(self) -> bool:
+        return not self.jobs and not self.connections
+
     def stop(self) -> defer.Deferred[None]:
+        """Tell every client why, close every upstream, and stop accepting."""
+        reason = "relayd is shutting down"
         for session in list(self.jobs.values()):
-            session.close("relayd is shutting down")
-        return defer.maybeDeferred(self._port.stopListening) if self._port else defer.succeed(None)
+            session.close(reason)
+        for connection in list(self.connections):
+            connection.shutdown(reason)
+        if self._port is None:
+            return defer.succeed(None)
+        if self._adopted:  # the socket file is systemd's: stop accepting but leave it in place
+            self._port.stopReading()
+            return defer.succeed(None)
+        return defer.maybeDeferred(self._port.stopListening)
 
     # -- connecting clients -------------------------------------------------------------
 
@@ -102,6 +135,8 @@ class RelayDaemon:
         """Negotiate one upstream connection; the first one looks the job up beforehand."""
         if first and self._source is not None:
             ad = await threads.deferToThread(self._source.query, job)
+            if job in self.jobs:
+                self.jobs[job].slot = ad.get("RemoteHost") if ad else None  # type: ignore[assignment]
             reason = explain(job, ad)
             if reason:
                 raise NegotiationFailed(reason)
@@ -121,3 +156,4 @@ class RelayDaemon:
     def _session_closed(self, session: JobSession) -> None:
         if self.jobs.get(session.job) is session:
             del self.jobs[session.job]
+            self.on_idle_change()
