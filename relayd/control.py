@@ -230,9 +230,9 @@ class ControlConnection(protocol.Protocol):
     def _log_end(self, state: _State) -> None:
         """One line per client connection: job, duration, bytes and outcome."""
         if self._failure is not None:
-            outcome = f"failed: {self._failure}"
+            outcome = f"failed ({self._failure})"
         elif self._ssh is not None and self._ssh.disconnect_reason:
-            outcome = f"ended by the relay: {self._ssh.disconnect_reason}"
+            outcome = f"ended by the relay ({self._ssh.disconnect_reason})"
         elif state is _State.CONNECTING:
             outcome = "client left while connecting"
         else:

@@ -25,7 +25,9 @@ from twisted.logger import (
 from twisted.python.logfile import LogFile
 from zope.interface import provider
 
-CONCH_NAMESPACES = ("relayd.ssh", "relayd.downstream", "relayd.upstream")
+# Conch's transports log through a class attribute Logger, which takes the namespace of the
+# class it is read from (relayd.upstream._UpstreamTransport, ...), whatever namespace it was given.
+CONCH_NAMESPACES = ("relayd.downstream", "relayd.upstream")
 ROTATE_BYTES = 1024 * 1024
 ROTATED_FILES = 4
 
@@ -79,8 +81,8 @@ def start_logging(target: str, verbose: bool, log_file: Path) -> None:
     else:
         observer = textFileLogObserver(sys.stderr)
     predicate = LogLevelFilterPredicate(defaultLogLevel=LogLevel.debug if verbose else LogLevel.info)
-    # Conch logs each key exchange and connection at info level, in the namespace of our
-    # transport classes; keep it quiet unless asked (the daemon logs one line per connection).
+    # Conch logs each key exchange and connection at info level; keep it quiet unless asked
+    # (the daemon logs one line per connection).
     if not verbose:
         for namespace in CONCH_NAMESPACES:
             predicate.setLogLevelForNamespace(namespace, LogLevel.warn)
