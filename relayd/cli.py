@@ -3,9 +3,8 @@
 from __future__ import annotations
 
 import argparse
-import os
-import shutil
 import sys
+from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -15,26 +14,25 @@ if TYPE_CHECKING:
     from relayd.config import Config
     from relayd.listing import JobRow
 
+EXIT_NOT_RUNNING = 3  # as `systemctl status` for a stopped unit
 
-def _relayd_executable() -> str:
-    """The absolute path of this relayd, for the generated ProxyCommand."""
-    argv0 = sys.argv[0]
-    if os.path.basename(argv0) == "relayd":
-        return os.path.abspath(argv0)
-    return shutil.which("relayd") or str(Path(sys.executable).parent / "relayd")
+
+def _paths(args: argparse.Namespace) -> Paths:
+    paths = default_paths()
+    return paths.with_socket(args.socket) if getattr(args, "socket", None) else paths
 
 
 def cmd_run(args: argparse.Namespace) -> int:
     from relayd.run import run
 
-    return run(default_paths(), verbose=args.verbose)
+    return run(_paths(args), verbose=args.verbose, on_demand=args.on_demand, log_to=args.log_to)
 
 
 def cmd_connect(args: argparse.Namespace) -> int:
     from clientconf.connect import connect
 
-    socket_path = args.socket or str(default_paths().socket)
-    return connect(socket_path, args.host, args.port, show_progress=sys.stderr.isatty(), user=args.user)
+    return connect(str(_paths(args).socket), args.host, args.port, stdio=args.stdio, autostart=not args.no_start,
+                   user=args.user)
 
 
 def _load_config(paths: Paths) -> Config:
@@ -56,21 +54,46 @@ def _job_rows(config: Config) -> tuple[list[JobRow], list[str]]:
     return rows, errors
 
 
-def cmd_ssh_config(args: argparse.Namespace) -> int:
+def _local_block(paths: Paths, config: Config, hosts: list[str] | None = None) -> str:
     from clientconf import sshconfig
 
-    paths = default_paths()
-    config = _load_config(paths)
-    hosts = [row.host for row in _job_rows(config)[0] if row.reachable] if args.jobs else None
-    block = sshconfig.render(
+    return sshconfig.render(
         sshconfig.BlockSettings(
             domain=config.domain,
-            relayd=_relayd_executable(),
+            relayd=sshconfig.relayd_executable(),
             socket=str(paths.socket),
             known_hosts=str(paths.known_hosts),
         ),
         hosts,
     )
+
+
+def cmd_ssh_config(args: argparse.Namespace) -> int:
+    from clientconf import sshconfig
+
+    paths = _paths(args)
+    config = _load_config(paths)
+    if args.action == "known-hosts":
+        from relayd.hostkey import load_or_create
+
+        load_or_create(paths.host_key, paths.known_hosts)
+        sys.stdout.write(paths.known_hosts.read_text())
+        return 0
+    if args.via and args.action != "print":
+        print("relayd: --via only prints (the block is for the laptop's ssh config)", file=sys.stderr)
+        return 2
+    if args.via:
+        pinning = {"known_hosts": args.known_hosts} if args.known_hosts else {}
+        settings = sshconfig.ViaSettings(config.domain, args.via, sshconfig.relayd_executable(), str(paths.socket),
+                                         ssh=args.ssh, **pinning)
+        try:
+            sys.stdout.write(sshconfig.render_via(settings))
+        except ValueError as exc:
+            print(f"relayd: {exc}", file=sys.stderr)
+            return 2
+        return 0
+    hosts = [row.host for row in _job_rows(config)[0] if row.reachable] if args.jobs else None
+    block = _local_block(paths, config, hosts)
     if args.action == "print":
         sys.stdout.write(block)
         return 0
@@ -88,6 +111,56 @@ def cmd_ssh_config(args: argparse.Namespace) -> int:
     return 0
 
 
+def _talks_to_daemon(command: Callable[[argparse.Namespace, str], int]) -> Callable[[argparse.Namespace], int]:
+    """A command given the daemon's socket; no daemon, or an error from it, becomes a message."""
+
+    def run(args: argparse.Namespace) -> int:
+        from clientconf.daemonctl import DaemonError, NotRunning
+
+        try:
+            return command(args, str(_paths(args).socket))
+        except NotRunning as exc:
+            print(exc, file=sys.stderr)
+            return EXIT_NOT_RUNNING
+        except DaemonError as exc:
+            print(f"relayd: {exc}", file=sys.stderr)
+            return 1
+
+    return run
+
+
+@_talks_to_daemon
+def cmd_status(args: argparse.Namespace, socket_path: str) -> int:
+    import json
+
+    from clientconf.daemonctl import status
+    from relayd.status import render
+
+    document = status(socket_path)
+    sys.stdout.write(json.dumps(document, indent=2) + "\n" if args.json else render(document))
+    return 0
+
+
+@_talks_to_daemon
+def cmd_stop(args: argparse.Namespace, socket_path: str) -> int:
+    from clientconf.daemonctl import status, stop
+
+    pid = status(socket_path)["pid"]
+    stop(socket_path)
+    print(f"relayd (pid {pid}) stopped")
+    return 0
+
+
+def cmd_doctor(args: argparse.Namespace) -> int:
+    from relayd.doctor import default_ssh_config, diagnose, report
+
+    paths = _paths(args)
+    ssh_config = Path(args.ssh_config) if args.ssh_config else default_ssh_config()
+    findings = diagnose(paths, ssh_config, lambda config: _local_block(paths, config))
+    sys.stdout.write(report(findings))
+    return 1 if any(f.level == "FAIL" for f in findings) else 0
+
+
 def cmd_jobs(args: argparse.Namespace) -> int:
     from relayd.listing import format_rows
 
@@ -102,28 +175,58 @@ def cmd_jobs(args: argparse.Namespace) -> int:
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="relayd", description="SSH to running HTCondor jobs by host name.")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    socket_help = "the daemon's socket (default: $XDG_RUNTIME_DIR/condor-relay/relay.sock)"
 
     run = sub.add_parser("run", help="run the daemon in the foreground")
     run.add_argument("-v", "--verbose", action="store_true", help="log debug messages")
+    run.add_argument("--on-demand", action="store_true",
+                     help="started by the helper: log to the state dir and exit when idle (exit_when_idle)")
+    run.add_argument("--log-to", choices=["stderr", "file", "journal"],
+                     help="where logs go (default: the journal under systemd, the file with --on-demand, else stderr)")
+    run.add_argument("--socket", help=socket_help)
     run.set_defaults(func=cmd_run)
 
     connect = sub.add_parser("connect", help="ProxyCommand helper (used by the generated ssh_config)")
     connect.add_argument("host")
     connect.add_argument("port", nargs="?", type=int, default=22)
-    connect.add_argument("--socket", help="the daemon's socket (default: from XDG_RUNTIME_DIR)")
+    connect.add_argument("--socket", help=socket_help)
+    connect.add_argument("--stdio", action="store_true",
+                         help="copy through stdin/stdout instead of passing the socket (behind an outer ssh)")
+    connect.add_argument("--no-start", action="store_true", help="fail instead of starting the daemon")
     connect.add_argument("--user", help="the user ssh connects as (%%r); used for EC2 instances")
     connect.set_defaults(func=cmd_connect)
 
-    jobs = sub.add_parser("jobs", help="list your jobs with their ssh host names (running first)")
-    jobs.set_defaults(func=cmd_jobs)
-
     ssh_config = sub.add_parser("ssh-config", help="print, install or uninstall the ssh_config block")
-    ssh_config.add_argument("action", choices=["print", "install", "uninstall"])
+    ssh_config.add_argument("action", choices=["print", "install", "uninstall", "known-hosts"],
+                            help="known-hosts prints the line that pins the relay's host key")
     ssh_config.add_argument("--file", help="ssh config file to edit (default: ~/.ssh/config)")
     ssh_config.add_argument("--dry-run", action="store_true", help="show the change as a diff, write nothing")
     ssh_config.add_argument("--jobs", action="store_true",
                             help="add a Host entry per running job (for VS Code's Remote Explorer)")
+    ssh_config.add_argument("--via", metavar="ACCESS_POINT",
+                            help="print a block for a laptop that reaches this host as ACCESS_POINT over ssh")
+    ssh_config.add_argument("--ssh", default="ssh", help="with --via: the laptop's ssh program (default: ssh)")
+    ssh_config.add_argument("--known-hosts", help="with --via: the laptop's file pinning the relay's host key "
+                                                  "(default: condor-relay_known_hosts in the laptop's ~/.ssh)")
+    ssh_config.add_argument("--socket", help=socket_help)
     ssh_config.set_defaults(func=cmd_ssh_config)
+
+    jobs = sub.add_parser("jobs", help="list your jobs with their ssh host names (running first)")
+    jobs.set_defaults(func=cmd_jobs)
+
+    status = sub.add_parser("status", help="what the daemon holds: upstreams, clients, traffic")
+    status.add_argument("--json", action="store_true", help="the status as JSON")
+    status.add_argument("--socket", help=socket_help)
+    status.set_defaults(func=cmd_status)
+
+    stop = sub.add_parser("stop", help="stop the daemon (clients are told why)")
+    stop.add_argument("--socket", help=socket_help)
+    stop.set_defaults(func=cmd_stop)
+
+    doctor = sub.add_parser("doctor", help="check the setup and say what to fix")
+    doctor.add_argument("--ssh-config", help="the ssh config file to check (default: ~/.ssh/config)")
+    doctor.add_argument("--socket", help=socket_help)
+    doctor.set_defaults(func=cmd_doctor)
     return parser
 
 

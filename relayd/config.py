@@ -47,6 +47,7 @@ class Config:
     watch_interval: float = 15.0
     ec2_user: str | None = None
     ec2_port: int = 22  # the instances' sshd port; other values are for tests
+    exit_when_idle: float = 600.0  # started on demand: exit after this long without clients or upstreams; 0: never
 
     def negotiator_path(self) -> str | None:
         """The negotiator executable as an absolute path, or None when not found."""
@@ -90,9 +91,10 @@ _TYPES: dict[str, tuple[type, ...]] = {
     "watch_interval": _NUMBER,
     "ec2_user": (str,),
     "ec2_port": (int,),
+    "exit_when_idle": _NUMBER,
 }
 _POSITIVE = ("idle_timeout", "negotiation_timeout", "watch_interval", "ec2_port")
-_NOT_NEGATIVE = ("wait_for_running", "running_grace")
+_NOT_NEGATIVE = ("wait_for_running", "running_grace", "exit_when_idle")
 _SCHEDD_KEYS = {f.name for f in fields(ScheddConfig)}
 
 

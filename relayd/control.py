@@ -2,14 +2,18 @@
 
     AWAIT_REQUEST --CONNECT--> CONNECTING --ok--> SSH (bytes go to a ClientTransport)
                   --CAPTURE--> AWAIT_CAPTURE --payload+fd--> CLOSED
+                  --STATUS--> (one OK line with the JSON snapshot) CLOSED
+                  --STOP--> OK, SIGTERM to the daemon; closed when it shuts down
     any state --error or bad input--> CLOSED (after one ERROR line where possible)
 """
 
 from __future__ import annotations
 
 import os
+import signal
 import socket
 import struct
+import time
 from enum import Enum, auto
 from typing import TYPE_CHECKING
 
@@ -18,11 +22,24 @@ from twisted.logger import Logger
 from twisted.python.failure import Failure
 from zope.interface import implementer
 
-from relayd.protocol import MAX_CAPTURE_PAYLOAD, MAX_REQUEST_LINE, BadRequest, Capture, parse_request, reply
+from relayd import humanize
+from relayd.protocol import (
+    MAX_CAPTURE_PAYLOAD,
+    MAX_REQUEST_LINE,
+    BadRequest,
+    Capture,
+    Status,
+    Stop,
+    json_reply,
+    parse_request,
+    reply,
+)
+from relayd.status import snapshot
 
 if TYPE_CHECKING:
     from relayd.daemon import RelayDaemon
     from relayd.downstream import ClientTransport
+    from relayd.traffic import Traffic
 
 log = Logger()
 
@@ -31,10 +48,17 @@ class UserError(Exception):
     """A failure whose message is meant for the user's terminal, as is."""
 
 
+_SOL_LOCAL, _LOCAL_PEERCRED = 0, 1  # macOS <sys/un.h>
+_XUCRED = "IIh2x16I"  # struct xucred: version, uid, ngroups, groups[16]
+
+
 def peer_uid(sock: socket.socket) -> int:
-    """The uid of the process at the other end of a unix socket (Linux SO_PEERCRED)."""
-    creds = sock.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED, struct.calcsize("3i"))
-    return struct.unpack("3i", creds)[1]
+    """The uid of the process at the other end of a unix socket (SO_PEERCRED; macOS: LOCAL_PEERCRED)."""
+    if hasattr(socket, "SO_PEERCRED"):
+        creds = sock.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED, struct.calcsize("3i"))
+        return struct.unpack("3i", creds)[1]
+    creds = sock.getsockopt(_SOL_LOCAL, _LOCAL_PEERCRED, struct.calcsize(_XUCRED))
+    return struct.unpack_from(_XUCRED, creds)[1]
 
 
 class _State(Enum):
@@ -54,6 +78,18 @@ class ControlConnection(protocol.Protocol):
         self._fds: list[int] = []
         self._capture: Capture | None = None
         self._ssh: ClientTransport | None = None
+        self._failure: str | None = None
+        self.host: str | None = None  # the host a CONNECT asked for
+        self.opened = time.monotonic()
+
+    @property
+    def state(self) -> str:
+        return self._state.name.lower()
+
+    @property
+    def traffic(self) -> Traffic | None:
+        """The SSH client's byte counts, once relaying."""
+        return self._ssh.traffic if self._ssh is not None else None
 
     def connectionMade(self) -> None:
         uid = peer_uid(self.transport.getHandle())
@@ -61,6 +97,9 @@ class ControlConnection(protocol.Protocol):
             log.warn("refused a connection from uid {uid}: only uid {own} may use this relay", uid=uid, own=os.getuid())
             self._state = _State.CLOSED
             self.transport.abortConnection()
+            return
+        self._daemon.connections.add(self)
+        self._daemon.on_idle_change()
 
     def fileDescriptorReceived(self, descriptor: int) -> None:
         if self._state is _State.CLOSED or len(self._fds) >= 1:
@@ -97,6 +136,17 @@ class ControlConnection(protocol.Protocol):
             self._capture = request
             self._state = _State.AWAIT_CAPTURE
             return
+        if isinstance(request, Status):
+            self.transport.write(json_reply(snapshot(self._daemon, asking=self)))
+            self._close()
+            return
+        if isinstance(request, Stop):
+            log.info("stop requested through the socket")
+            self.transport.write(reply("OK"))
+            self._state = _State.CLOSED  # the shutdown closes it, so `relayd stop` sees when it is done
+            os.kill(os.getpid(), signal.SIGTERM)
+            return
+        self.host = request.host
         self._state = _State.CONNECTING
         connecting = defer.ensureDeferred(self._daemon.connect(request, self._progress))
         connecting.addCallbacks(self._connected, self._connect_failed)
@@ -146,21 +196,54 @@ class ControlConnection(protocol.Protocol):
     def _fail(self, message: str) -> None:
         if self._state is _State.CLOSED:
             return
-        log.info("request failed: {message}", message=message)
+        self._failure = message
+        if self.host is None:
+            log.info("request failed: {message}", message=message)
         self.transport.write(reply("ERROR", message))
         self._close()
+
+    def shutdown(self, reason: str) -> None:
+        """The daemon is stopping: a waiting client hears why; SSH clients are told by their session."""
+        if self._state is _State.CONNECTING:
+            self._fail(reason)
+        elif self._state is not _State.SSH:
+            self._close()
 
     def _close(self) -> None:
         self._state = _State.CLOSED
         self.transport.loseConnection()
 
     def connectionLost(self, reason: Failure = protocol.connectionDone) -> None:
+        was = self._state
         self._state = _State.CLOSED
         for fd in self._fds:
             os.close(fd)
         self._fds.clear()
         if self._ssh is not None:
             self._ssh.connectionLost(reason)
+        if self.host is not None:
+            self._log_end(was)
+        if self in self._daemon.connections:
+            self._daemon.connections.discard(self)
+            self._daemon.on_idle_change()
+
+    def _log_end(self, state: _State) -> None:
+        """One line per client connection: job, duration, bytes and outcome."""
+        if self._failure is not None:
+            outcome = f"failed ({self._failure})"
+        elif self._ssh is not None and self._ssh.disconnect_reason:
+            outcome = f"ended by the relay ({self._ssh.disconnect_reason})"
+        elif state is _State.CONNECTING:
+            outcome = "client left while connecting"
+        else:
+            outcome = "closed"
+        traffic = self.traffic
+        log.info(
+            "{host}: {outcome} after {duration}; {to_client} to the client, {from_client} from it",
+            host=self.host, outcome=outcome, duration=humanize.duration(time.monotonic() - self.opened),
+            to_client=humanize.size(traffic.sent if traffic else 0),
+            from_client=humanize.size(traffic.received if traffic else 0),
+        )
 
 
 class ControlFactory(protocol.Factory):

@@ -5,6 +5,8 @@ from __future__ import annotations
 import errno
 import os
 import socket
+import time
+from typing import TYPE_CHECKING, Callable
 
 from twisted.internet import defer
 from twisted.logger import Logger
@@ -23,6 +25,9 @@ from relayd.reach import Reacher, Request
 from relayd.trust import NegotiatedKey
 from relayd.watch import JobWatcher
 
+if TYPE_CHECKING:
+    from relayd.control import ControlConnection
+
 log = Logger()
 
 class AlreadyRunning(Exception):
@@ -37,9 +42,13 @@ class RelayDaemon:
         self.captures = Captures()
         self.jobs: dict[JobName, JobSession] = {}
         self.reacher = Reacher(reactor, config, paths, self.captures)
-        self.watcher = JobWatcher(reactor, config.watch_interval, lambda: list(self.jobs.values()),
-                                  self._watch_source)
+        self.watcher = self._watcher()
+        self.started = time.time()
+        self.activation = "foreground"  # or "helper" / "systemd": how run.py started it, for status
+        self.connections: set[ControlConnection] = set()  # every open connection on the socket
+        self.on_idle_change: Callable[[], None] = lambda: None  # clients or upstreams came or went
         self._port = None
+        self._adopted = False
         private_dir(paths.state_dir)
         self.client_factory = ClientTransportFactory(load_or_create(paths.host_key, paths.known_hosts))
         self.client_factory.doStart()
@@ -69,10 +78,47 @@ class RelayDaemon:
             os.umask(old_umask)
         log.info("relayd listening on {path}", path=str(path))
 
+    def adopt(self, fd: int) -> None:
+        """Serve a socket someone else listens on (systemd socket activation)."""
+        self._port = self.reactor.adoptStreamPort(fd, socket.AF_UNIX, ControlFactory(self))
+        self._adopted = True
+        log.info("relayd serving the socket systemd passed ({path})", path=str(self.paths.socket))
+
+    @property
+    def negotiations(self) -> int:
+        return self.reacher.negotiations
+
+    def _watcher(self) -> JobWatcher:
+        return JobWatcher(self.reactor, self.config.watch_interval, lambda: list(self.jobs.values()),
+                          self._watch_source)
+
+    def reload(self, config: Config) -> None:
+        """A new config (SIGHUP): new connections use it; open upstreams stay as they are."""
+        negotiations = self.negotiations
+        self.config = config
+        self.reacher = Reacher(self.reactor, config, self.paths, self.captures)
+        self.reacher.negotiations = negotiations
+        self.watcher.stop()
+        self.watcher = self._watcher()
+        if self.jobs:
+            self.watcher.wake()
+
+    def is_idle(self) -> bool:
+        return not self.jobs and not self.connections
+
     def stop(self) -> defer.Deferred[None]:
+        """Tell every client why, close every upstream, and stop accepting."""
+        reason = "relayd is shutting down"
         for session in list(self.jobs.values()):
-            session.close("relayd is shutting down")
-        return defer.maybeDeferred(self._port.stopListening) if self._port else defer.succeed(None)
+            session.close(reason)
+        for connection in list(self.connections):
+            connection.shutdown(reason)
+        if self._port is None:
+            return defer.succeed(None)
+        if self._adopted:  # the socket file is systemd's: stop accepting but leave it in place
+            self._port.stopReading()
+            return defer.succeed(None)
+        return defer.maybeDeferred(self._port.stopListening)
 
     # -- connecting clients -------------------------------------------------------------
 
@@ -103,7 +149,9 @@ class RelayDaemon:
         return session
 
     async def _open_leg(self, session: JobSession, request: Request, progress: Progress, first: bool) -> Credentials:
-        credentials = await self.reacher.open_leg(request, progress, first)
+        credentials, ad = await self.reacher.open_leg(request, progress, first)
+        if ad is not None:
+            session.slot = ad.get("RemoteHost")
         if not isinstance(credentials.host_key, NegotiatedKey):
             session.ec2_user = credentials.user
         return credentials
@@ -117,3 +165,4 @@ class RelayDaemon:
     def _session_closed(self, session: JobSession) -> None:
         if self.jobs.get(session.job) is session:
             del self.jobs[session.job]
+            self.on_idle_change()

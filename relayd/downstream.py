@@ -14,6 +14,7 @@ from twisted.python.failure import Failure
 
 from relayd.jobs import JobSession
 from relayd.relay import Client, ProtocolViolation
+from relayd.traffic import Traffic
 
 
 class _AcceptingUserAuth(service.SSHService):
@@ -49,6 +50,10 @@ class ClientTransport(transport.SSHServerTransport):
     session: JobSession
     client: Client | None = None
     username = b""
+    disconnect_reason: str | None = None  # why the relay ended this client, for the connection log
+
+    def __init__(self) -> None:
+        self.traffic = Traffic()
 
     def receiveError(self, reasonCode: int, description: bytes) -> None:
         self._log.debug("client disconnected: {reason}", reason=description)
@@ -59,6 +64,7 @@ class ClientTransport(transport.SSHServerTransport):
 
     def relay_from_client(self, messageNum: int, packet: bytes) -> None:
         assert self.client is not None
+        self.traffic.count_received(len(packet))
         try:
             self.session.relay.from_client(self.client, messageNum, packet)
         except ProtocolViolation as exc:
@@ -66,9 +72,11 @@ class ClientTransport(transport.SSHServerTransport):
 
     # ClientLink
     def send(self, msgnum: int, payload: bytes) -> None:
+        self.traffic.count_sent(len(payload))
         self.sendPacket(msgnum, payload)
 
     def disconnect(self, reason: str) -> None:
+        self.disconnect_reason = reason
         self.sendDisconnect(transport.DISCONNECT_BY_APPLICATION, reason.encode())
 
     def connectionLost(self, reason: Failure | None = None) -> None:

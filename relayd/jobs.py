@@ -18,6 +18,7 @@ from twisted.python.failure import Failure
 from relayd.names import JobName
 from relayd.negotiate import Credentials, NegotiationFailed
 from relayd.relay import Client, ClientLink, Leg, ProtocolViolation, Relay
+from relayd.traffic import Traffic
 from relayd.upstream import UpstreamConnection
 
 log = Logger()
@@ -41,6 +42,8 @@ class JobSession:
         self.negotiations = 0
         self.closed = False
         self.ec2_user: str | None = None  # set when the job's legs go straight to an EC2 instance
+        self.slot: str | None = None  # RemoteHost from the job lookup, for status
+        self.traffic = Traffic()  # shared by every leg
         self._open_leg = open_leg
         self._reactor = reactor
         self._idle_timeout = idle_timeout
@@ -88,7 +91,7 @@ class JobSession:
     async def _add_leg(self, first: bool) -> None:
         self.negotiations += 1
         credentials = await self._open_leg(self._progress, first)
-        connection = UpstreamConnection(self._reactor, self._from_job, self._leg_lost)
+        connection = UpstreamConnection(self._reactor, self._from_job, self._leg_lost, self.traffic)
         try:
             await connection.start(credentials)
         except NegotiationFailed as exc:

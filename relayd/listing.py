@@ -8,6 +8,7 @@ from dataclasses import dataclass
 from relayd.config import Config
 from relayd.lookup import RUNNING, Action, Ad, LookupFailed, assess, duration, make_source
 from relayd.names import JobName
+from relayd.tables import table
 
 _STATES = {1: "idle", 2: "running", 3: "removed", 4: "completed", 5: "held", 6: "transferring output",
            7: "suspended"}
@@ -54,6 +55,5 @@ def list_jobs(config: Config) -> tuple[list[JobRow], list[str]]:
 
 
 def format_rows(rows: list[JobRow]) -> str:
-    table = [("HOST", "STATE", "SLOT", "RUNTIME")] + [(r.host, r.state, r.slot, r.runtime) for r in rows]
-    widths = [max(len(row[i]) for row in table) for i in range(4)]
-    return "\n".join("  ".join(cell.ljust(w) for cell, w in zip(row, widths)).rstrip() for row in table) + "\n"
+    lines = table(["HOST", "STATE", "SLOT", "RUNTIME"], [[r.host, r.state, r.slot, r.runtime] for r in rows])
+    return "\n".join(lines) + "\n"

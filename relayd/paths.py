@@ -6,7 +6,7 @@ Stdlib only: the ProxyCommand helper imports this on every connection.
 from __future__ import annotations
 
 import os
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 APP = "condor-relay"
@@ -24,10 +24,26 @@ class Paths:
     config_file: Path
     state_dir: Path
     runtime_dir: Path
+    socket_name: str = "relay.sock"
 
     @property
     def socket(self) -> Path:
-        return self.runtime_dir / "relay.sock"
+        return self.runtime_dir / self.socket_name
+
+    @property
+    def start_lock(self) -> Path:
+        """Held while a daemon is being started or is exiting idle, so only one runs."""
+        return self.runtime_dir / "start.lock"
+
+    @property
+    def start_output(self) -> Path:
+        """stdout and stderr of a daemon the helper started, shown if it fails to start."""
+        return self.runtime_dir / "start.out"
+
+    def with_socket(self, socket_path: str | os.PathLike[str]) -> Paths:
+        """These paths with the socket (and the runtime dir holding it) at `socket_path`."""
+        path = Path(socket_path).absolute()
+        return replace(self, runtime_dir=path.parent, socket_name=path.name)
 
     @property
     def host_key(self) -> Path:

@@ -7,8 +7,10 @@ Requests (one line, client to daemon):
                              to wait for an idle job to start
     CAPTURE <token>          the capture hook hands over a negotiated socket; the next line is a
                              JSON object with the keys, sent together with the socket (SCM_RIGHTS)
+    STATUS                   `relayd status` asks what the daemon holds: one `OK <json>` line
+    STOP                     `relayd stop`: the daemon answers OK and shuts down as on SIGTERM
 Replies (daemon to client), any number of PROGRESS lines, then OK or ERROR:
-    PROGRESS <text> | ERROR <text> | OK
+    PROGRESS <text> | ERROR <text> | OK [<json>]
 After OK to a CONNECT, the same socket carries SSH; the helper hands it to ssh.
 
 Stdlib only: the helper imports this on every connection.
@@ -40,7 +42,20 @@ class Capture:
     token: str
 
 
-def parse_request(line: bytes) -> Connect | Capture:
+@dataclass(frozen=True)
+class Status:
+    pass
+
+
+@dataclass(frozen=True)
+class Stop:
+    pass
+
+
+Request = Connect | Capture | Status | Stop
+
+
+def parse_request(line: bytes) -> Request:
     """Parse one request line (without its newline)."""
     if len(line) > MAX_REQUEST_LINE:
         raise BadRequest("request line too long")
@@ -54,6 +69,10 @@ def parse_request(line: bytes) -> Connect | Capture:
         return Connect(words[1], int(words[2]), **_connect_options(words[3:]))
     if words[0] == "CAPTURE" and len(words) == 2 and 16 <= len(words[1]) <= 64 and set(words[1]) <= _TOKEN_CHARS:
         return Capture(words[1])
+    if words == ["STATUS"]:
+        return Status()
+    if words == ["STOP"]:
+        return Stop()
     raise BadRequest(f"unknown request {words[0][:20]!r}")
 
 
@@ -92,3 +111,10 @@ def reply(kind: str, text: str = "") -> bytes:
     """One reply line; newlines in the text are folded so one message stays one line."""
     text = " ".join(text.split())
     return f"{kind} {text}\n".encode() if text else f"{kind}\n".encode()
+
+
+def json_reply(document: object) -> bytes:
+    """An OK line carrying a JSON document (compact JSON never contains a newline)."""
+    import json  # noqa: PLC0415 (the daemon's side only; the helper starts without it)
+
+    return b"OK " + json.dumps(document, separators=(",", ":")).encode() + b"\n"

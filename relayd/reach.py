@@ -41,6 +41,7 @@ class Reacher:
         self._paths = paths
         self._captures = captures
         self._sources: dict[str | None, JobSource | None] = {}
+        self.negotiations = 0  # condor_ssh_to_job runs so far, retries included
 
     def schedd(self, label: str | None) -> ScheddConfig:
         try:
@@ -54,8 +55,8 @@ class Reacher:
             self._sources[label] = make_source(self._config, self.schedd(label))
         return self._sources[label]
 
-    async def open_leg(self, request: Request, progress: Progress, first: bool) -> Credentials:
-        """Credentials for one more upstream connection to the job."""
+    async def open_leg(self, request: Request, progress: Progress, first: bool) -> tuple[Credentials, Ad | None]:
+        """Credentials for one more upstream connection to the job, and its ad if it was looked up."""
         job = request.job
         schedd = self.schedd(job.label)
         source = self.source(job.label)
@@ -63,8 +64,8 @@ class Reacher:
         if first and source is not None:
             ad = await self._until_reachable(source, request, progress)
             if assess(job, ad).action is Action.EC2:
-                return await self._ec2(request, ad)
-        return await self._negotiate(job, schedd, progress, ad, grace=source is not None and first)
+                return await self._ec2(request, ad), ad
+        return await self._negotiate(job, schedd, progress, ad, grace=source is not None and first), ad
 
     async def _query(self, source: JobSource, job: JobName) -> Ad | None:
         return find(await threads.deferToThread(source.query, [job]), job)
@@ -103,6 +104,7 @@ class Reacher:
         started = time.monotonic()
         while True:
             progress(f"negotiating with job {job.job_id} through condor_ssh_to_job")
+            self.negotiations += 1
             try:
                 return await negotiator.negotiate(job, schedd)
             except NegotiationFailed as exc:

@@ -1,52 +1,82 @@
-"""`relayd run`: the daemon in the foreground, logging to stderr."""
+"""`relayd run`: the daemon, in the foreground, started by the helper, or by systemd.
+
+SIGTERM, SIGINT and `relayd stop` close every client with a reason and exit; SIGHUP reloads the config
+(a broken one is logged and the running one kept). Started on demand (by the helper or
+by socket activation), the daemon also exits when idle (relayd.idle).
+"""
 
 from __future__ import annotations
 
+import signal
 import sys
+import time
 
+from twisted.internet.defer import ensureDeferred
+from twisted.internet.task import deferLater
+from twisted.logger import Logger
+
+from relayd.activation import ActivationError, systemd_socket
 from relayd.config import ConfigError, load_config
 from relayd.paths import Paths
 
-
-def _start_logging(verbose: bool) -> None:
-    from twisted.logger import (
-        FilteringLogObserver,
-        LogLevel,
-        LogLevelFilterPredicate,
-        globalLogBeginner,
-        textFileLogObserver,
-    )
-
-    level = LogLevel.debug if verbose else LogLevel.info
-    predicate = LogLevelFilterPredicate(defaultLogLevel=level)
-    # Conch logs each key exchange and connection at info level; keep it quiet unless asked.
-    if not verbose:
-        predicate.setLogLevelForNamespace("relayd.ssh", LogLevel.warn)
-    observer = FilteringLogObserver(textFileLogObserver(sys.stderr), [predicate])
-    globalLogBeginner.beginLoggingTo([observer], redirectStandardIO=False)
+SHUTDOWN_GRACE_SECONDS = 3.0  # for disconnect messages to reach the clients
+log = Logger()
 
 
-def run(paths: Paths, verbose: bool = False) -> int:
+def run(paths: Paths, verbose: bool = False, on_demand: bool = False, log_to: str | None = None) -> int:
     try:
         config = load_config(paths.config_file)
-    except ConfigError as exc:
+        passed = systemd_socket()
+    except (ConfigError, ActivationError) as exc:
         print(f"relayd: {exc}", file=sys.stderr)
         return 2
     from twisted.internet import reactor
 
     from relayd.daemon import AlreadyRunning, RelayDaemon
+    from relayd.idle import IdleExit
+    from relayd.logs import default_target, start_logging
 
-    _start_logging(verbose)
+    if passed is not None:
+        paths = paths.with_socket(passed.path)
+    started_by = "systemd" if passed else "helper" if on_demand else "foreground"
+    start_logging(log_to or default_target(started_by), verbose, paths.log_file)
     daemon = RelayDaemon(reactor, config, paths)
+    daemon.activation = started_by
     try:
-        daemon.listen()
+        if passed is not None:
+            daemon.adopt(passed.fd)
+        else:
+            daemon.listen()
     except AlreadyRunning as exc:
         print(f"relayd: {exc}", file=sys.stderr)
         return 1
+    reactor.addSystemEventTrigger("before", "shutdown", lambda: ensureDeferred(_close_clients(reactor, daemon)))
+    if started_by != "foreground":
+        idle = IdleExit(reactor, daemon, paths.start_lock, reactor.stop)
+        daemon.on_idle_change = idle.update
+        idle.update()
 
-    # Twisted's own signal handling: SIGTERM/SIGINT stop the reactor (running daemon.stop
-    # first), and its SIGCHLD handler reaps condor_ssh_to_job; without it, a child that
-    # exits just after closing its pipes is never reaped and its negotiation never ends.
-    reactor.addSystemEventTrigger("before", "shutdown", daemon.stop)
+    def reload() -> None:
+        try:
+            new = load_config(paths.config_file)
+        except ConfigError as exc:
+            log.error("config not reloaded, keeping the running one: {error}", error=str(exc))
+            return
+        daemon.reload(new)
+        daemon.on_idle_change()
+        log.info("config reloaded from {path}", path=str(paths.config_file))
+
+    signal.signal(signal.SIGHUP, lambda signum, frame: reactor.callFromThread(reload))
+    # Twisted's own handlers: SIGTERM and SIGINT stop the reactor (running the trigger above),
+    # and SIGCHLD reaps condor_ssh_to_job; without it a negotiation can miss its tool's exit.
     reactor.run()
     return 0
+
+
+async def _close_clients(reactor, daemon) -> None:  # type: ignore[no-untyped-def]
+    """Before the reactor stops: tell every client why, then give the words time to arrive."""
+    stopped = daemon.stop()
+    deadline = time.monotonic() + SHUTDOWN_GRACE_SECONDS
+    while daemon.connections and time.monotonic() < deadline:
+        await deferLater(reactor, 0.05)
+    await stopped

@@ -18,6 +18,7 @@ from twisted.logger import Logger
 from twisted.python.failure import Failure
 
 from relayd.negotiate import Credentials, NegotiationFailed
+from relayd.traffic import Traffic
 from relayd.trust import HostKeyRefused
 
 
@@ -79,6 +80,7 @@ class _ConnectionService(service.SSHService):
         self._upstream._authenticated()
 
     def packetReceived(self, messageNum: int, packet: bytes) -> None:
+        self._upstream.traffic.count_received(len(packet))
         self._upstream.on_message(self._upstream, messageNum, packet)
 
 
@@ -123,7 +125,8 @@ class UpstreamConnection:
     """One authenticated SSH connection to a job's sshd.
 
     `on_message(conn, msgnum, payload)` receives its connection-layer messages and
-    `on_lost(conn, reason)` is called once when it ends.
+    `on_lost(conn, reason)` is called once when it ends. `traffic` counts its messages
+    (a job's legs share one counter, so status shows the job's total).
     """
 
     def __init__(
@@ -131,8 +134,10 @@ class UpstreamConnection:
         reactor: IReactorSocket,
         on_message: Callable[[UpstreamConnection, int, bytes], None],
         on_lost: Callable[[UpstreamConnection, str | None], None],
+        traffic: Traffic | None = None,
     ) -> None:
         self.on_message = on_message
+        self.traffic = traffic if traffic is not None else Traffic()
         self._on_lost = on_lost
         self._reactor = reactor
         self._transport: _UpstreamTransport | None = None
@@ -165,6 +170,7 @@ class UpstreamConnection:
 
     def send(self, msgnum: int, payload: bytes) -> None:
         if self._transport is not None and not self.closed:
+            self.traffic.count_sent(len(payload))
             self._transport.sendPacket(msgnum, payload)
 
     def close(self, reason: str) -> None:

@@ -41,6 +41,10 @@ class JobWatcher:
                 lambda failure: log.failure("job watch stopped", failure)
             )
 
+    def stop(self) -> None:
+        if self._loop.running:
+            self._loop.stop()
+
     async def _check(self) -> None:
         by_schedd: dict[str | None, list[JobSession]] = defaultdict(list)
         for session in self._sessions():

@@ -77,6 +77,9 @@ class Relay:
             if self.process.poll() is not None or time.monotonic() > deadline:
                 raise RuntimeError(f"relayd did not start:\n{self.log()}")
             time.sleep(0.05)
+        self.write_ssh_config()
+
+    def write_ssh_config(self) -> None:
         block = subprocess.run([RELAYD, "ssh-config", "print"], env=self.home.env, check=True,
                                capture_output=True, text=True).stdout
         self.ssh_config.write_text(block)
@@ -141,3 +144,13 @@ def pytest_runtest_makereport(item, call):
     outcome = yield
     report = outcome.get_result()
     setattr(item, f"rep_{report.when}", report)
+
+
+@pytest.fixture
+def unstarted_relay(home: Home, pool: Path):
+    """Configured, with its ssh config, but no daemon: the first ssh starts one (relayd connect)."""
+    relay = Relay(home, pool)
+    relay.configure()
+    relay.write_ssh_config()
+    yield relay
+    subprocess.run([RELAYD, "stop"], env=home.env, capture_output=True, timeout=30)

@@ -1,0 +1,99 @@
+"""Starting the daemon from the helper when nobody listens on its socket.
+
+So that `relayd ssh-config install` is all a user needs: the first `ssh job-1.0.condor`
+starts `relayd run --on-demand`, which exits again when idle (relayd.idle).
+
+Race-free: the helper takes an exclusive flock on the start lock in the runtime dir,
+tries the socket again, and only then starts a daemon and waits for it to listen.
+Concurrent helpers queue on the lock and find the daemon the first one started; a daemon
+exiting idle holds the same lock until it is gone. Stdlib only.
+"""
+
+from __future__ import annotations
+
+import fcntl
+import os
+import socket
+import sys
+import time
+
+from clientconf.progress import ProgressDisplay
+from relayd.paths import default_paths, private_dir
+
+START_TIMEOUT_SECONDS = 30.0
+POLL_SECONDS = 0.05
+
+
+class StartFailed(Exception):
+    """The daemon could not be started; the message says why (its own output included)."""
+
+
+def try_connect(socket_path: str) -> socket.socket | None:
+    """A connection to the daemon, or None when nothing listens there."""
+    sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    try:
+        sock.connect(socket_path)
+    except (FileNotFoundError, ConnectionRefusedError):
+        sock.close()
+        return None
+    except OSError:
+        sock.close()
+        raise
+    return sock
+
+
+def _lock(path: str, display: ProgressDisplay, deadline: float) -> int:
+    fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
+    while True:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            return fd
+        except BlockingIOError:
+            if time.monotonic() > deadline:
+                os.close(fd)
+                raise StartFailed(f"another relayd start did not finish within {START_TIMEOUT_SECONDS:g} s") from None
+            display.tick()
+            time.sleep(POLL_SECONDS)
+
+
+def _output(path: str) -> str:
+    try:
+        with open(path, errors="replace") as out:
+            return " ".join(line.strip() for line in out if line.strip())
+    except OSError:
+        return ""
+
+
+def start_daemon(socket_path: str, display: ProgressDisplay) -> socket.socket:
+    """Connect to the daemon at `socket_path`, starting it first if none is listening."""
+    import subprocess  # noqa: PLC0415 (not needed on the helper's fast path)
+
+    paths = default_paths().with_socket(socket_path)
+    private_dir(paths.runtime_dir)
+    deadline = time.monotonic() + START_TIMEOUT_SECONDS
+    lock = _lock(str(paths.start_lock), display, deadline)
+    try:
+        sock = try_connect(socket_path)
+        if sock is not None:
+            return sock  # another helper started it while we waited for the lock
+        display.step("starting relayd")
+        out = os.open(paths.start_output, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o600)
+        try:
+            process = subprocess.Popen(
+                [sys.executable, "-m", "relayd", "run", "--on-demand", "--socket", socket_path],
+                stdin=subprocess.DEVNULL, stdout=out, stderr=out, cwd="/", start_new_session=True,
+            )
+        finally:
+            os.close(out)
+        while time.monotonic() < deadline:
+            sock = try_connect(socket_path)
+            if sock is not None:
+                return sock
+            if process.poll() is not None:
+                detail = _output(str(paths.start_output)) or f"exit status {process.returncode}"
+                raise StartFailed(f"relayd did not start: {detail}")
+            display.tick()
+            time.sleep(POLL_SECONDS)
+        raise StartFailed(f"relayd did not listen on {socket_path} within {START_TIMEOUT_SECONDS:g} s")
+    finally:
+        os.close(lock)

@@ -1,0 +1,56 @@
+"""The helper starts the daemon when none listens; the daemon exits again when idle."""
+
+from __future__ import annotations
+
+import subprocess
+from concurrent.futures import ThreadPoolExecutor
+
+from opshelpers import alive, daemon_log, status, wait_for
+
+from relayd.sandbox import pool as sandbox
+
+
+def test_concurrent_helpers_start_one_daemon(unstarted_relay):
+    relay = unstarted_relay
+    sandbox.submit_job(relay.pool_dir, status="running")
+    with ThreadPoolExecutor(8) as workers:
+        results = list(workers.map(lambda i: relay.ssh("job-1.0.condor", f"echo {i}"), range(8)))
+    for i, done in enumerate(results):
+        assert done.returncode == 0 and done.stdout == f"{i}\n".encode(), done.stderr
+    assert daemon_log(relay.home).count("relayd listening on") == 1
+    assert relay.negotiations() == 1
+    document = status(relay.home)
+    assert document is not None and document["activation"] == "helper"
+
+
+def test_idle_daemon_exits_and_the_next_ssh_starts_another(unstarted_relay):
+    relay = unstarted_relay
+    relay.configure(exit_when_idle=1, idle_timeout=0.5)
+    sandbox.submit_job(relay.pool_dir, status="running")
+    assert relay.ssh("job-1.0.condor", "true").returncode == 0
+    first = status(relay.home)
+    assert first is not None and first["exit_when_idle"] == 1
+    # the upstream closes after idle_timeout, then the daemon after exit_when_idle
+    assert wait_for(lambda: not alive(first["pid"]), timeout=10), daemon_log(relay.home)
+    assert not relay.home.socket.exists()
+    assert "exiting (exit_when_idle)" in daemon_log(relay.home)
+    assert relay.ssh("job-1.0.condor", "true").returncode == 0
+    second = status(relay.home)
+    assert second is not None and second["pid"] != first["pid"]
+
+
+def test_a_broken_config_is_reported_by_the_helper(unstarted_relay):
+    relay = unstarted_relay
+    relay.home.config_file.write_text("idle_timeout: 30\nno_such_key: 1\n")
+    done = relay.ssh("job-1.0.condor", "true")
+    assert done.returncode == 255
+    assert b"relayd did not start" in done.stderr
+    assert f"{relay.home.config_file}:2: unknown key 'no_such_key'".encode() in done.stderr
+    assert not relay.home.socket.exists()
+
+
+def test_no_start_fails_fast_when_no_daemon_runs(unstarted_relay):
+    relay = unstarted_relay
+    done = relay.run(["relayd", "connect", "--no-start", "job-1.0.condor", "22"], stdin=subprocess.DEVNULL)
+    assert done.returncode == 255
+    assert b"the relay daemon is not running" in done.stderr
