@@ -9,7 +9,6 @@ from __future__ import annotations
 
 from twisted.conch.ssh import factory, keys, service, transport, userauth
 from twisted.conch.ssh.common import getNS
-from twisted.logger import Logger
 from twisted.python.failure import Failure
 
 from relayd.jobs import JobSession
@@ -46,7 +45,6 @@ class _ClientConnection(service.SSHService):
 class ClientTransport(transport.SSHServerTransport):
     """One ssh client's connection, bound to a job's session when the daemon said OK."""
 
-    _log = Logger(namespace="relayd.ssh")
     session: JobSession
     client: Client | None = None
     username = b""
@@ -89,7 +87,6 @@ class ClientTransport(transport.SSHServerTransport):
 class ClientTransportFactory(factory.SSHFactory):
     """Builds client-leg transports that present the relay's host key."""
 
-    _log = Logger(namespace="relayd.ssh")
     noisy = False
     protocol = ClientTransport
     services = {b"ssh-userauth": _AcceptingUserAuth}

@@ -14,7 +14,6 @@ from twisted.conch.ssh import service, transport, userauth
 from twisted.conch.ssh.common import NS
 from twisted.internet import defer, protocol
 from twisted.internet.interfaces import IReactorSocket
-from twisted.logger import Logger
 from twisted.python.failure import Failure
 
 from relayd.negotiate import Credentials, NegotiationFailed
@@ -30,7 +29,6 @@ class _NegotiatedKeyAuth(userauth.SSHUserAuthClient):
     server lists it in server-sig-algs (RFC 8308), as OpenSSH's client does.
     """
 
-    _log = Logger(namespace="relayd.ssh")
     preferredOrder = [b"publickey"]
 
     def __init__(self, credentials: Credentials, instance: service.SSHService) -> None:
@@ -85,7 +83,6 @@ class _ConnectionService(service.SSHService):
 
 
 class _UpstreamTransport(transport.SSHClientTransport):
-    _log = Logger(namespace="relayd.ssh")
 
     def __init__(self, upstream: UpstreamConnection, credentials: Credentials) -> None:
         self._upstream = upstream
