@@ -49,6 +49,7 @@ class JobSession:
         self._idle_timeout = idle_timeout
         self._on_closed = on_closed
         self._connections: dict[Leg, UpstreamConnection] = {}
+        self._legs: dict[UpstreamConnection, Leg] = {}
         self._timers: dict[Leg, object] = {}
         self._waiters: list[tuple[defer.Deferred[JobSession], Progress]] = []
         self.ready = False
@@ -101,7 +102,7 @@ class JobSession:
             return
         leg = self.relay.add_leg(connection)
         self._connections[leg] = connection
-        connection.leg = leg  # type: ignore[attr-defined]
+        self._legs[connection] = leg
         log.info("job {job}: upstream connection {n} ready", job=self.job.job_id, n=len(self._connections))
 
     def _need_leg(self) -> None:
@@ -119,7 +120,7 @@ class JobSession:
 
     def _from_job(self, connection: UpstreamConnection, msgnum: int, payload: bytes) -> None:
         try:
-            self.relay.from_leg(connection.leg, msgnum, payload)  # type: ignore[attr-defined]
+            self.relay.from_leg(self._legs[connection], msgnum, payload)
         except ProtocolViolation as exc:
             log.error("job {job}'s sshd broke the protocol: {exc}", job=self.job.job_id, exc=exc)
             connection.close("protocol error")
@@ -137,8 +138,10 @@ class JobSession:
     # -- ending -------------------------------------------------------------------------------
 
     def _leg_lost(self, connection: UpstreamConnection, reason: str | None) -> None:
-        leg: Leg = connection.leg  # type: ignore[attr-defined]
-        self._connections.pop(leg, None)
+        leg = self._legs.pop(connection, None)
+        if leg is None:
+            return  # it was closed before it became a leg
+        del self._connections[leg]
         self._cancel_timer(leg)
         if self.closed:
             return
@@ -190,6 +193,4 @@ class JobSession:
                 self.close(f"no clients for {self._idle_timeout:g} s")
         elif not leg.channels:
             self.relay.remove_leg(leg)
-            connection = self._connections.pop(leg, None)
-            if connection is not None:
-                connection.close(f"unused for {self._idle_timeout:g} s")
+            self._connections[leg].close(f"unused for {self._idle_timeout:g} s")  # _leg_lost cleans up
