@@ -8,12 +8,14 @@ from __future__ import annotations
 
 import os
 import shutil
+import socket
 import subprocess
 import sys
 import tempfile
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Callable
 
 import pytest
 
@@ -73,7 +75,7 @@ class Relay:
         self.process = subprocess.Popen([RELAYD, "run"], env=self.home.env, stdout=open(self.log_path, "ab"),
                                         stderr=subprocess.STDOUT)
         deadline = time.monotonic() + 20
-        while not self.home.socket.exists():
+        while not self.accepting():  # not just present: a killed daemon leaves its socket file
             if self.process.poll() is not None or time.monotonic() > deadline:
                 raise RuntimeError(f"relayd did not start:\n{self.log()}")
             time.sleep(0.05)
@@ -90,6 +92,46 @@ class Relay:
                 self.process.kill()
                 self.process.wait()
 
+    def accepting(self) -> bool:
+        """Whether a daemon listens on the socket."""
+        with socket.socket(socket.AF_UNIX) as probe:
+            try:
+                probe.connect(str(self.home.socket))
+            except OSError:
+                return False
+        return True
+
+    @property
+    def pid(self) -> int:
+        assert self.process is not None
+        return self.process.pid
+
+    def rss_kib(self) -> int:
+        """The daemon's resident memory."""
+        status = Path(f"/proc/{self.pid}/status").read_text()
+        return int(next(line.split()[1] for line in status.splitlines() if line.startswith("VmRSS:")))
+
+    def open_fds(self) -> int:
+        return len(os.listdir(f"/proc/{self.pid}/fd"))
+
+    def zombies(self) -> list[int]:
+        """Children of the daemon that exited and were not reaped."""
+        found = []
+        for entry in Path("/proc").iterdir():
+            try:
+                stat = (entry / "stat").read_text()
+            except (OSError, ValueError):
+                continue
+            state, ppid = stat[stat.rindex(")") + 2:].split()[:2]
+            if state == "Z" and int(ppid) == self.pid:
+                found.append(int(entry.name))
+        return found
+
+    def running_job(self) -> str:
+        """Submit a running job to the pool; its host name."""
+        cluster, proc = sandbox.submit_job(self.pool_dir, status="running")
+        return f"job-{cluster}.{proc}.condor"
+
     def log(self) -> str:
         return self.log_path.read_text(errors="replace") if self.log_path.exists() else ""
 
@@ -105,6 +147,16 @@ class Relay:
 
     def negotiations(self) -> int:
         return len(sandbox.read_negotiations(self.pool_dir))
+
+
+def wait_for(predicate: Callable[[], object], timeout: float = 10.0) -> bool:
+    """Poll until predicate() is true; its final value after `timeout` seconds."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if predicate():
+            return True
+        time.sleep(0.05)
+    return bool(predicate())
 
 
 @pytest.fixture
