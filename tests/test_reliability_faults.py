@@ -1,0 +1,155 @@
+"""Faults around the daemon: a negotiator that hangs or fails, an sshd killed mid-transfer,
+the daemon killed with SIGKILL, a full disk. Each must end in a clear message, lose no
+byte silently, and leave the daemon serving everyone else."""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import os
+import subprocess
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import pytest
+from conftest import RELAYD, Relay, wait_for
+
+from relayd.sandbox import pool as sandbox
+from relayd.sandbox.processes import ProcessId, kill_tree
+
+MIB = 1024 * 1024
+TRANSFER = 200 * MIB
+KILL_AFTER = 64 * MIB
+CHUNK = MIB
+
+
+def job_id(host: str) -> tuple[int, int]:
+    cluster, proc = host.removeprefix("job-").removesuffix(".condor").split(".")
+    return int(cluster), int(proc)
+
+
+def pool_processes(pool_dir: Path) -> list[int]:
+    """Processes started by this pool's condor_ssh_to_job (they inherit its environment)."""
+    marker = f"CONDOR_RELAY_SANDBOX={pool_dir}\0".encode()
+    found = []
+    for entry in Path("/proc").iterdir():
+        try:
+            if entry.name.isdigit() and marker in (entry / "environ").read_bytes():
+                found.append(int(entry.name))
+        except OSError:
+            continue
+    return found
+
+
+def kill_sshds(relay: Relay, host: str) -> None:
+    """SIGKILL every sshd of the job with its session processes, as an OOM killer might."""
+    for pid in sandbox.sshd_pids(relay.pool_dir, *job_id(host)):
+        process = ProcessId.of(pid)
+        if process is not None:
+            kill_tree(process)
+
+
+def assert_failed_loudly(done: subprocess.Popen) -> None:
+    """ssh exits 255 with a message: the relay's reason, or the broken pipe when ssh was
+    writing as the relay hung up."""
+    stderr = done.stderr.read()
+    assert done.returncode == 255 and stderr.strip(), stderr
+
+
+def test_back_to_back_negotiations_all_finish_and_leave_no_zombie(relay):
+    # Regression: without SIGCHLD handling a tool whose exit was seen only through its
+    # closed pipes stayed a zombie, and that job's negotiation never ended.
+    hosts = [relay.running_job() for _ in range(12)]
+    with ThreadPoolExecutor(3) as pool:
+        results = list(pool.map(lambda host: relay.ssh(host, "true", timeout=30), hosts))
+    assert [r.returncode for r in results] == [0] * len(hosts), [r.stderr for r in results]
+    assert relay.negotiations() == len(hosts)
+    assert wait_for(lambda: not relay.zombies(), timeout=5), relay.zombies()
+
+
+def test_hanging_negotiator_is_killed_with_its_process_group(relay):
+    relay.stop()
+    relay.configure(negotiation_timeout=1.5)
+    relay.start()
+    sandbox.configure_pool(relay.pool_dir, negotiation_fault="hang")
+    host = relay.running_job()
+    done = relay.ssh(host, "true", timeout=30)
+    assert done.returncode == 255
+    assert f"condor_ssh_to_job did not finish within 1.5 s for job {job_id(host)[0]}.0" in done.stderr.decode()
+    # the tool and the child it left waiting went with their process group, and were reaped
+    assert wait_for(lambda: not pool_processes(relay.pool_dir), timeout=5), pool_processes(relay.pool_dir)
+    assert wait_for(lambda: not relay.zombies(), timeout=5), relay.zombies()
+    sandbox.configure_pool(relay.pool_dir, negotiation_fault="")
+    assert relay.ssh(host, "true").returncode == 0
+
+
+@pytest.mark.parametrize(
+    "fault, message",
+    [
+        ({"enable_ssh_to_job": False}, "Rejecting request, because ENABLE_SSH_TO_JOB=false"),
+        ({"negotiation_fault": "no_socket"}, "condor_ssh_to_job finished without handing over a connection"),
+    ],
+    ids=["exits-non-zero", "exits-0-without-a-socket"],
+)
+def test_failing_negotiator_gives_its_reason_and_the_daemon_carries_on(relay, fault, message):
+    host = relay.running_job()
+    sandbox.configure_pool(relay.pool_dir, **fault)
+    done = relay.ssh(host, "true")
+    first = done.stderr.decode().splitlines()[0]
+    assert done.returncode == 255 and first.startswith("condor-relay: ") and message in first, done.stderr
+    assert wait_for(lambda: not relay.zombies(), timeout=5), relay.zombies()
+    sandbox.configure_pool(relay.pool_dir, enable_ssh_to_job=True, negotiation_fault="")
+    assert relay.ssh(host, "true").returncode == 0
+
+
+def test_sshd_killed_mid_transfer_fails_loudly_and_spares_other_jobs(relay):
+    victim, bystander = relay.running_job(), relay.running_job()
+    echo = subprocess.Popen(relay.ssh_argv(bystander, "cat"), env=relay.home.env, stdin=subprocess.PIPE,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    before, after = os.urandom(MIB), os.urandom(MIB)
+    echo.stdin.write(before)
+    echo.stdin.flush()
+
+    # download: ssh must not end as if a short stream were the whole of it
+    pull = subprocess.Popen(relay.ssh_argv(victim, f"head -c {TRANSFER} /dev/urandom"), env=relay.home.env,
+                            stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    received = 0
+    while chunk := pull.stdout.read1(CHUNK):
+        if received < KILL_AFTER <= received + len(chunk):
+            kill_sshds(relay, victim)
+        received += len(chunk)
+    pull.wait(30)
+    assert KILL_AFTER <= received < TRANSFER
+    assert_failed_loudly(pull)
+
+    # upload, over a fresh negotiation
+    push = subprocess.Popen(relay.ssh_argv(victim, "cat > upload"), env=relay.home.env, stdin=subprocess.PIPE,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    data = os.urandom(CHUNK)
+    with contextlib.suppress(BrokenPipeError):
+        for sent in range(0, TRANSFER, CHUNK):
+            if sent == KILL_AFTER:
+                kill_sshds(relay, victim)
+            push.stdin.write(data)
+        push.stdin.close()
+    push.wait(30)
+    assert_failed_loudly(push)
+
+    out, err = echo.communicate(after, timeout=30)
+    assert echo.returncode == 0, err
+    assert hashlib.sha256(out).digest() == hashlib.sha256(before + after).digest()
+
+
+def test_daemon_killed_with_sigkill_restarts_over_its_stale_socket(relay):
+    host = relay.running_job()
+    assert relay.ssh(host, "true").returncode == 0
+    second = relay.run([RELAYD, "run"], timeout=30)
+    assert second.returncode == 1 and b"another relayd is already listening" in second.stderr, second.stderr
+    relay.process.kill()
+    relay.process.wait()
+    assert relay.home.socket.exists() and not relay.accepting()
+    # the upstream died with the daemon, so the job's slot is not held by a stray sshd
+    assert wait_for(lambda: not sandbox.sshd_pids(relay.pool_dir, *job_id(host)))
+    relay.start()
+    assert relay.ssh(host, "true").returncode == 0
+    assert relay.negotiations() == 2
