@@ -5,6 +5,7 @@ from __future__ import annotations
 import errno
 import os
 import socket
+from pathlib import Path
 
 from twisted.internet import defer, threads
 from twisted.logger import Logger
@@ -20,6 +21,14 @@ from relayd.negotiate import Captures, Credentials, NegotiationFailed, Negotiato
 from relayd.paths import Paths, private_dir
 
 log = Logger()
+
+
+def _private_dir(path: Path) -> None:
+    """private_dir, logging a mode it had to correct."""
+    old_mode = private_dir(path)
+    if old_mode is not None:
+        log.warn("{path} had mode {mode:o}; changed it to 700", path=str(path), mode=old_mode)
+
 
 class AlreadyRunning(Exception):
     pass
@@ -44,7 +53,7 @@ class RelayDaemon:
         self.negotiations = 0
         self._source = _job_source(config)
         self._port = None
-        private_dir(paths.state_dir)
+        _private_dir(paths.state_dir)
         self.client_factory = ClientTransportFactory(load_or_create(paths.host_key, paths.known_hosts))
         self.client_factory.doStart()
 
@@ -52,7 +61,7 @@ class RelayDaemon:
 
     def listen(self) -> None:
         """Listen on the private socket; a stale socket file from a dead daemon is replaced."""
-        private_dir(self.paths.runtime_dir)
+        _private_dir(self.paths.runtime_dir)
         path = self.paths.socket
         if path.exists() or path.is_symlink():
             probe = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)

@@ -5,7 +5,7 @@ from __future__ import annotations
 import sys
 
 from relayd.config import ConfigError, load_config
-from relayd.paths import Paths
+from relayd.paths import Paths, UnusablePath
 
 
 def _start_logging(verbose: bool) -> None:
@@ -33,14 +33,15 @@ def run(paths: Paths, verbose: bool = False) -> int:
         print(f"relayd: {exc}", file=sys.stderr)
         return 2
     from twisted.internet import reactor
+    from twisted.internet.error import CannotListenError
 
     from relayd.daemon import AlreadyRunning, RelayDaemon
 
     _start_logging(verbose)
-    daemon = RelayDaemon(reactor, config, paths)
     try:
+        daemon = RelayDaemon(reactor, config, paths)
         daemon.listen()
-    except AlreadyRunning as exc:
+    except (AlreadyRunning, UnusablePath, CannotListenError) as exc:
         print(f"relayd: {exc}", file=sys.stderr)
         return 1
 

@@ -8,6 +8,7 @@ import contextlib
 import hashlib
 import os
 import subprocess
+from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
@@ -153,3 +154,51 @@ def test_daemon_killed_with_sigkill_restarts_over_its_stale_socket(relay):
     relay.start()
     assert relay.ssh(host, "true").returncode == 0
     assert relay.negotiations() == 2
+
+
+@contextlib.contextmanager
+def tiny_filesystem(path: Path, pages: int) -> Iterator[Path]:
+    """A tmpfs of `pages` pages mounted at `path`."""
+    path.mkdir()
+    subprocess.run(["mount", "-t", "tmpfs", "-o", f"size={pages * 4}k,mode=0700", "tmpfs", str(path)], check=True)
+    try:
+        yield path
+    finally:
+        subprocess.run(["umount", "-l", str(path)], check=True)
+
+
+def fill(path: Path, leave_pages: int) -> None:
+    """Write to `path` until the filesystem has only `leave_pages` pages left."""
+    page = os.statvfs(path.parent).f_bsize
+    with open(path, "wb", buffering=0) as filler:
+        while os.statvfs(path.parent).f_bavail > leave_pages:
+            filler.write(b"\0" * page)
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="mounting a tiny tmpfs needs root")
+def test_full_disk_stops_the_daemon_with_a_message_and_no_partial_key(home, pool, tmp_path):
+    relay = Relay(home, pool)
+    relay.configure()
+    with tiny_filesystem(tmp_path / "small", pages=2) as small:
+        home.env["XDG_STATE_HOME"] = str(small)
+        state = small / "condor-relay"
+        fill(small / "filler", leave_pages=0)
+        full = relay.run([RELAYD, "run"], timeout=30)
+        assert full.returncode == 1, full.stderr
+        assert b"relayd: cannot write the host key " in full.stderr and b"No space left on device" in full.stderr
+        assert list(state.iterdir()) == []  # neither a truncated key nor a leftover temp file
+
+        (small / "filler").unlink()
+        fill(small / "filler", leave_pages=1)  # room for the key, none for known_hosts
+        half = relay.run([RELAYD, "run"], timeout=30)
+        assert half.returncode == 1 and b"No space left on device" in half.stderr, half.stderr
+        assert sorted(p.name for p in state.iterdir()) == ["host_key"]
+        key = (state / "host_key").read_bytes()
+
+        (small / "filler").unlink()
+        relay.start()
+        try:
+            assert (state / "host_key").read_bytes() == key  # the complete key was kept
+            assert relay.ssh(relay.running_job(), "true").returncode == 0
+        finally:
+            relay.stop()
