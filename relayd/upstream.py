@@ -88,11 +88,13 @@ class _UpstreamTransport(transport.SSHClientTransport):
         self._upstream = upstream
         self._credentials = credentials
         self.disconnect_reason: str | None = None
+        self.refusal: NegotiationFailed | None = None  # why we broke off, if we did
 
     def verifyHostKey(self, hostKey: bytes, fingerprint: bytes) -> defer.Deferred[bool]:
         if hostKey == self._credentials.server_key.blob():
             return defer.succeed(True)
-        return defer.fail(NegotiationFailed("the job's sshd presented a key other than the negotiated one"))
+        self.refusal = NegotiationFailed("the job's sshd presented a host key other than the negotiated one; refused")
+        return defer.fail(self.refusal)
 
     def connectionSecure(self) -> None:
         self.requestService(_NegotiatedKeyAuth(self._credentials, _ConnectionService(self._upstream)))
@@ -102,7 +104,7 @@ class _UpstreamTransport(transport.SSHClientTransport):
 
     def connectionLost(self, reason: Failure | None = None) -> None:
         super().connectionLost(reason)
-        self._upstream._lost(self.disconnect_reason)
+        self._upstream._lost(self.disconnect_reason, self.refusal)
 
 
 class _OneProtocolFactory(protocol.Factory):
@@ -150,11 +152,11 @@ class UpstreamConnection:
     def _authenticated(self) -> None:
         self._ready.callback(self)
 
-    def _lost(self, reason: str | None) -> None:
+    def _lost(self, reason: str | None, refusal: NegotiationFailed | None) -> None:
         self.closed = True
         if not self._ready.called:
             detail = f" ({reason})" if reason else ""
-            self._ready.errback(NegotiationFailed(f"the job's sshd closed the connection{detail}"))
+            self._ready.errback(refusal or NegotiationFailed(f"the job's sshd closed the connection{detail}"))
         else:
             self._on_lost(self, reason)
 
