@@ -6,6 +6,7 @@ since OpenSSH reads ~/.ssh/config from the passwd home, not from $HOME.
 
 from __future__ import annotations
 
+import hashlib
 import os
 import shutil
 import socket
@@ -147,6 +148,39 @@ class Relay:
 
     def negotiations(self) -> int:
         return len(sandbox.read_negotiations(self.pool_dir))
+
+
+class EchoSession:
+    """An ssh session through `cat`, kept open across a test: what must come through intact.
+
+    It is up once constructed: the first chunk has made the round trip.
+    """
+
+    CHUNK = 64 * 1024
+
+    def __init__(self, relay: Relay, host: str) -> None:
+        self.process = subprocess.Popen(relay.ssh_argv(host, "cat"), env=relay.home.env, stdin=subprocess.PIPE,
+                                        stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+        self.sent = bytearray()
+        self.feed()
+        assert self.process.stdout is not None
+        self.received = self.process.stdout.read(self.CHUNK)
+
+    def feed(self) -> None:
+        """Send another chunk (no more than ssh's windows hold, as nothing is read yet)."""
+        chunk = os.urandom(self.CHUNK)
+        assert self.process.stdin is not None
+        self.process.stdin.write(chunk)
+        self.process.stdin.flush()
+        self.sent += chunk
+
+    def finish(self) -> None:
+        """Send a last chunk, close the input, and check that every byte came back in order."""
+        last = os.urandom(self.CHUNK)
+        self.sent += last
+        out, err = self.process.communicate(last, timeout=60)
+        assert self.process.returncode == 0, err
+        assert hashlib.sha256(self.received + out).digest() == hashlib.sha256(self.sent).digest()
 
 
 def wait_for(predicate: Callable[[], object], timeout: float = 10.0) -> bool:

@@ -5,7 +5,6 @@ byte silently, and leave the daemon serving everyone else."""
 from __future__ import annotations
 
 import contextlib
-import hashlib
 import os
 import subprocess
 from collections.abc import Iterator
@@ -13,7 +12,7 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import pytest
-from conftest import RELAYD, Relay, wait_for
+from conftest import RELAYD, EchoSession, Relay, wait_for
 
 from relayd.sandbox import pool as sandbox
 from relayd.sandbox.processes import ProcessId, kill_tree
@@ -104,12 +103,8 @@ def test_failing_negotiator_gives_its_reason_and_the_daemon_carries_on(relay, fa
 
 
 def test_sshd_killed_mid_transfer_fails_loudly_and_spares_other_jobs(relay):
-    victim, bystander = relay.running_job(), relay.running_job()
-    echo = subprocess.Popen(relay.ssh_argv(bystander, "cat"), env=relay.home.env, stdin=subprocess.PIPE,
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE)
-    before, after = os.urandom(MIB), os.urandom(MIB)
-    echo.stdin.write(before)
-    echo.stdin.flush()
+    victim = relay.running_job()
+    bystander = EchoSession(relay, relay.running_job())
 
     # download: ssh must not end as if a short stream were the whole of it
     pull = subprocess.Popen(relay.ssh_argv(victim, f"head -c {TRANSFER} /dev/urandom"), env=relay.home.env,
@@ -136,9 +131,7 @@ def test_sshd_killed_mid_transfer_fails_loudly_and_spares_other_jobs(relay):
     push.wait(30)
     assert_failed_loudly(push)
 
-    out, err = echo.communicate(after, timeout=30)
-    assert echo.returncode == 0, err
-    assert hashlib.sha256(out).digest() == hashlib.sha256(before + after).digest()
+    bystander.finish()
 
 
 def test_daemon_killed_with_sigkill_restarts_over_its_stale_socket(relay):
