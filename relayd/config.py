@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import math
 import os
+import re
 import shutil
 from dataclasses import dataclass, fields
 from pathlib import Path
@@ -10,6 +12,8 @@ from pathlib import Path
 import yaml
 
 JOB_LOOKUPS = ("htcondor", "sandbox", "none")
+_DNS_LABEL = r"[A-Za-z0-9](?:[A-Za-z0-9-]{0,61}[A-Za-z0-9])?"
+_DOMAIN = re.compile(rf"{_DNS_LABEL}(?:\.{_DNS_LABEL})*")
 
 
 class ConfigError(ValueError):
@@ -50,10 +54,8 @@ def parse_config(text: str, path: Path) -> Config:
     """Parse and validate config text; raises ConfigError naming the line at fault."""
     try:
         root = yaml.compose(text)
-    except yaml.YAMLError as exc:
-        mark = getattr(exc, "problem_mark", None)
-        line = f":{mark.line + 1}" if mark else ""
-        raise ConfigError(f"{path}{line}: not valid YAML ({getattr(exc, 'problem', exc)})") from None
+    except (yaml.YAMLError, RecursionError) as exc:
+        raise _invalid_yaml(path, exc) from None
     if root is None:
         return Config()
     if not isinstance(root, yaml.MappingNode):
@@ -61,10 +63,15 @@ def parse_config(text: str, path: Path) -> Config:
     known = {f.name for f in fields(Config)}
     values: dict[str, object] = {}
     for key_node, value_node in root.value:
+        if not isinstance(key_node, yaml.ScalarNode):
+            raise _fail(path, key_node, "keys must be plain names")
         key = key_node.value
         if key not in known:
             raise _fail(path, key_node, f"unknown key {key!r} (known keys: {', '.join(sorted(known))})")
-        value = yaml.safe_load(yaml.serialize(value_node))
+        try:
+            value = yaml.safe_load(yaml.serialize(value_node))
+        except (yaml.YAMLError, RecursionError) as exc:  # e.g. a tag such as !!python/object
+            raise _invalid_yaml(path, exc) from None
         expected = _TYPES[key]
         if isinstance(value, bool) or not isinstance(value, expected):
             kind = "number" if float in expected else "string"
@@ -82,10 +89,18 @@ def _check_values(config: Config, path: Path, root: yaml.MappingNode) -> None:
     if config.job_lookup == "sandbox" and not config.sandbox_pool:
         raise _fail(path, nodes.get("job_lookup"), "job_lookup: sandbox needs sandbox_pool (the pool directory)")
     for key in ("idle_timeout", "negotiation_timeout"):
-        if getattr(config, key) <= 0:
-            raise _fail(path, nodes.get(key), f"{key} must be greater than 0")
-    if not config.domain or config.domain.startswith(".") or " " in config.domain:
+        if not 0 < getattr(config, key) < math.inf:  # false for NaN too, which stalls the reactor's timers
+            raise _fail(path, nodes.get(key), f"{key} must be a finite number greater than 0")
+    if len(config.domain) > 253 or not _DOMAIN.fullmatch(config.domain):  # it goes into ssh_config as it is
         raise _fail(path, nodes.get("domain"), "domain must be a DNS suffix such as 'condor'")
+
+
+def _invalid_yaml(path: Path, exc: Exception) -> ConfigError:
+    """For text PyYAML cannot take: bad syntax, an unknown tag, or nesting deeper than Python's stack."""
+    mark = getattr(exc, "problem_mark", None)
+    line = f":{mark.line + 1}" if mark else ""
+    problem = "nested too deeply" if isinstance(exc, RecursionError) else getattr(exc, "problem", None) or exc
+    return ConfigError(f"{path}{line}: not valid YAML ({str(problem).splitlines()[0]})")
 
 
 def load_config(path: Path) -> Config:

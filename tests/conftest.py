@@ -6,6 +6,7 @@ since OpenSSH reads ~/.ssh/config from the passwd home, not from $HOME.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import os
 import shutil
@@ -101,6 +102,22 @@ class Relay:
             except OSError:
                 return False
         return True
+
+    def exchange(self, request: bytes, fds: list[int] | None = None) -> list[str]:
+        """Send raw bytes on the daemon's socket and half-close; its reply lines until it hangs up."""
+        with socket.socket(socket.AF_UNIX) as sock:
+            sock.settimeout(20)
+            sock.connect(str(self.home.socket))
+            reply = b""
+            # An oversized request is cut short: the daemon hangs up with some of it unread,
+            # which resets the connection once its reply has been read.
+            with contextlib.suppress(BrokenPipeError, ConnectionResetError):
+                socket.send_fds(sock, [request], fds) if fds else sock.sendall(request)
+                sock.shutdown(socket.SHUT_WR)
+            with contextlib.suppress(ConnectionResetError):
+                while chunk := sock.recv(65536):
+                    reply += chunk
+        return reply.decode(errors="replace").splitlines()
 
     @property
     def pid(self) -> int:

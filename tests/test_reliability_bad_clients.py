@@ -5,7 +5,6 @@ alone; a session open alongside carries every byte through."""
 
 from __future__ import annotations
 
-import contextlib
 import json
 import socket
 import subprocess
@@ -41,22 +40,6 @@ BAD_REQUESTS = {
 }
 
 
-def exchange(relay: Relay, request: bytes, fds: list[int] | None = None) -> list[str]:
-    """Send raw bytes on the daemon's socket; the reply lines until it hangs up."""
-    with socket.socket(socket.AF_UNIX) as sock:
-        sock.settimeout(20)
-        sock.connect(str(relay.home.socket))
-        reply = b""
-        # An oversized request is cut short: the daemon hangs up with some of it unread,
-        # which resets the connection once its reply has been read.
-        with contextlib.suppress(BrokenPipeError, ConnectionResetError):
-            socket.send_fds(sock, [request], fds) if fds else sock.sendall(request)
-        with contextlib.suppress(ConnectionResetError):
-            while chunk := sock.recv(65536):
-                reply += chunk
-    return reply.decode(errors="replace").splitlines()
-
-
 def assert_nothing_unhandled(relay: Relay) -> None:
     log = relay.log()
     assert "Traceback" not in log and "Unhandled" not in log, log
@@ -70,20 +53,15 @@ def test_bad_requests_are_answered_and_dropped_while_a_session_carries_on(relay)
     stalled.connect(str(relay.home.socket))
     stalled.sendall(b"CONNECT job-1.0.con")
     for request, reply in BAD_REQUESTS.items():
-        lines = exchange(relay, request)
+        lines = relay.exchange(request)
         assert len(lines) == 1 and lines[0].startswith(reply), (request[:40], lines)
         working.feed()
     bait, kept = socket.socketpair()
-    lines = exchange(relay, f"CAPTURE {TOKEN}\n{{}}\n".encode(), [bait.fileno()])
+    lines = relay.exchange(f"CAPTURE {TOKEN}\n{{}}\n".encode(), [bait.fileno()])
     assert lines == ["ERROR no negotiation is waiting for this capture"]
     bait.close()
     assert kept.recv(1) == b""  # the daemon closed the socket it was handed
-    with socket.socket(socket.AF_UNIX) as half_sent:
-        half_sent.connect(str(relay.home.socket))
-        half_sent.sendall(b"CONNECT job-1.0.condor")
-        half_sent.shutdown(socket.SHUT_WR)
-        half_sent.settimeout(20)
-        assert half_sent.recv(100) == b""
+    assert relay.exchange(b"CONNECT job-1.0.condor") == []  # half-sent, then the client hung up
     stalled.close()
     working.finish()
     assert relay.ssh(host, "true").returncode == 0
