@@ -150,8 +150,8 @@ def _check_client_message(msgnum: int, payload: bytes) -> None:
         common, specific = "b", _GLOBAL_FIELDS.get(reader.cstring())
     else:
         common, specific = "", _CLIENT_FIELDS.get(msgnum)
-    for field in common + (specific or ""):
-        _READ_FIELD[field](reader)
+    for code in common + (specific or ""):
+        _READ_FIELD[code](reader)
     if specific is not None:
         reader.end()
 

@@ -200,6 +200,21 @@ class EchoSession:
         assert hashlib.sha256(self.received + out).digest() == hashlib.sha256(self.sent).digest()
 
 
+def negotiator_environments(pool_dir: Path) -> dict[int, dict[str, str]]:
+    """The environments of the live processes this pool's condor_ssh_to_job started (they
+    inherit its CONDOR_RELAY_SANDBOX), by pid."""
+    found = {}
+    for entry in Path("/proc").iterdir():
+        try:
+            raw = (entry / "environ").read_bytes() if entry.name.isdigit() else b""
+        except OSError:
+            continue
+        environ = dict(item.decode(errors="replace").partition("=")[::2] for item in raw.split(b"\0") if item)
+        if environ.get("CONDOR_RELAY_SANDBOX") == str(pool_dir):
+            found[int(entry.name)] = environ
+    return found
+
+
 def wait_for(predicate: Callable[[], object], timeout: float = 10.0) -> bool:
     """Poll until predicate() is true; its final value after `timeout` seconds."""
     deadline = time.monotonic() + timeout

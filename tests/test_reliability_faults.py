@@ -12,8 +12,9 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import pytest
-from conftest import RELAYD, EchoSession, Relay, wait_for
+from conftest import RELAYD, EchoSession, Relay, negotiator_environments, wait_for
 
+from relayd.names import parse_host
 from relayd.sandbox import pool as sandbox
 from relayd.sandbox.processes import ProcessId, kill_tree
 
@@ -24,21 +25,8 @@ CHUNK = MIB
 
 
 def job_id(host: str) -> tuple[int, int]:
-    cluster, proc = host.removeprefix("job-").removesuffix(".condor").split(".")
-    return int(cluster), int(proc)
-
-
-def pool_processes(pool_dir: Path) -> list[int]:
-    """Processes started by this pool's condor_ssh_to_job (they inherit its environment)."""
-    marker = f"CONDOR_RELAY_SANDBOX={pool_dir}\0".encode()
-    found = []
-    for entry in Path("/proc").iterdir():
-        try:
-            if entry.name.isdigit() and marker in (entry / "environ").read_bytes():
-                found.append(int(entry.name))
-        except OSError:
-            continue
-    return found
+    job = parse_host(host, "condor")
+    return job.cluster, job.proc
 
 
 def kill_sshds(relay: Relay, host: str) -> None:
@@ -77,7 +65,7 @@ def test_hanging_negotiator_is_killed_with_its_process_group(relay):
     assert done.returncode == 255
     assert f"condor_ssh_to_job did not finish within 1.5 s for job {job_id(host)[0]}.0" in done.stderr.decode()
     # the tool and the child it left waiting went with their process group, and were reaped
-    assert wait_for(lambda: not pool_processes(relay.pool_dir), timeout=5), pool_processes(relay.pool_dir)
+    assert wait_for(lambda: not negotiator_environments(relay.pool_dir), timeout=5)
     assert wait_for(lambda: not relay.zombies(), timeout=5), relay.zombies()
     sandbox.configure_pool(relay.pool_dir, negotiation_fault="")
     assert relay.ssh(host, "true").returncode == 0

@@ -15,7 +15,7 @@ import tempfile
 from pathlib import Path
 
 import pytest
-from conftest import RELAYD, VENV_BIN, Relay, wait_for
+from conftest import RELAYD, VENV_BIN, Relay, negotiator_environments, wait_for
 
 from relayd.capture_hook import SOCKET_ENV, TOKEN_ENV
 from relayd.sandbox import pool as sandbox
@@ -28,17 +28,8 @@ needs_root = pytest.mark.skipif(os.geteuid() != 0, reason="needs root to act as 
 
 def negotiation_token(pool_dir: Path) -> str | None:
     """The capture token in the environment of this pool's running condor_ssh_to_job."""
-    marker = f"CONDOR_RELAY_SANDBOX={pool_dir}".encode()
-    for entry in Path("/proc").iterdir():
-        try:
-            environ = (entry / "environ").read_bytes().split(b"\0") if entry.name.isdigit() else []
-        except OSError:
-            continue
-        if marker in environ:
-            for item in environ:
-                if item.startswith(TOKEN_ENV.encode() + b"="):
-                    return item.split(b"=", 1)[1].decode()
-    return None
+    tokens = [environ[TOKEN_ENV] for environ in negotiator_environments(pool_dir).values() if TOKEN_ENV in environ]
+    return tokens[0] if tokens else None
 
 
 def open_socket_to_everyone(relay: Relay) -> None:
