@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import os
 import re
 import shutil
@@ -107,8 +108,16 @@ def _kind(expected: tuple[type, ...]) -> str:
     return {str: "string", dict: "mapping"}.get(expected[0], "number" if float in expected else "whole number")
 
 
+def _load(path: Path, node: yaml.Node) -> Any:
+    """The Python value of one node; a tag such as !!python/object is an error, not a crash."""
+    try:
+        return yaml.safe_load(yaml.serialize(node))
+    except (yaml.YAMLError, RecursionError) as exc:
+        raise _invalid_yaml(path, exc) from None
+
+
 def _value(path: Path, key: str, node: yaml.Node, expected: tuple[type, ...]) -> Any:
-    value = yaml.safe_load(yaml.serialize(node))
+    value = _load(path, node)
     if value is None and key in ("keygen_options", "shells", "ec2_user", "sandbox_pool"):
         return None  # an explicit null turns an optional setting off
     if isinstance(value, bool) or not isinstance(value, expected):
@@ -126,16 +135,16 @@ def _parse_schedds(path: Path, node: yaml.Node) -> dict[str, ScheddConfig]:
     schedds = {}
     for label_node, entry_node in _mapping(path, node, "schedds"):
         label = label_node.value
-        if not isinstance(label, str) or not LABEL_PATTERN.fullmatch(label):
+        if not isinstance(label_node, yaml.ScalarNode) or not LABEL_PATTERN.fullmatch(label):
             raise _fail(path, label_node, f"schedd label {label!r} must be lower-case letters, digits, - or _, "
                                           "starting with a letter (it becomes part of host names)")
         values = {}
         for key_node, value_node in _mapping(path, entry_node, f"schedds.{label}"):
             key = key_node.value
-            if key not in _SCHEDD_KEYS:
+            if not isinstance(key_node, yaml.ScalarNode) or key not in _SCHEDD_KEYS:
                 raise _fail(path, key_node, f"unknown key {key!r} in schedds.{label} "
                                             f"(known keys: {', '.join(sorted(_SCHEDD_KEYS))})")
-            value = yaml.safe_load(yaml.serialize(value_node))
+            value = _load(path, value_node)
             if value is not None and not isinstance(value, str):
                 raise _fail(path, value_node, f"schedds.{label}.{key} must be a string, not {value!r}")
             values[key] = value
@@ -147,10 +156,8 @@ def parse_config(text: str, path: Path) -> Config:
     """Parse and validate config text; raises ConfigError naming the line at fault."""
     try:
         root = yaml.compose(text)
-    except yaml.YAMLError as exc:
-        mark = getattr(exc, "problem_mark", None)
-        line = f":{mark.line + 1}" if mark else ""
-        raise ConfigError(f"{path}{line}: not valid YAML ({getattr(exc, 'problem', exc)})") from None
+    except (yaml.YAMLError, RecursionError) as exc:
+        raise _invalid_yaml(path, exc) from None
     if root is None:
         return Config()
     if not isinstance(root, yaml.MappingNode):
@@ -158,6 +165,8 @@ def parse_config(text: str, path: Path) -> Config:
     values: dict[str, Any] = {}
     nodes: dict[str, yaml.Node] = {}
     for key_node, value_node in root.value:
+        if not isinstance(key_node, yaml.ScalarNode):
+            raise _fail(path, key_node, "keys must be plain names")
         key = key_node.value
         if key not in _TYPES:
             raise _fail(path, key_node, f"unknown key {key!r} (known keys: {', '.join(sorted(_TYPES))})")
@@ -177,13 +186,22 @@ def _check_values(config: Config, path: Path, nodes: dict[str, yaml.Node]) -> No
     if config.job_lookup == "sandbox" and not config.sandbox_pool:
         raise _fail(path, nodes.get("job_lookup"), "job_lookup: sandbox needs sandbox_pool (the pool directory)")
     for key in _POSITIVE:
-        if getattr(config, key) <= 0:
-            raise _fail(path, nodes.get(key), f"{key} must be greater than 0")
+        if not 0 < getattr(config, key) < math.inf:  # false for NaN too, which stalls the reactor's timers
+            raise _fail(path, nodes.get(key), f"{key} must be a finite number greater than 0")
     for key in _NOT_NEGATIVE:
-        if getattr(config, key) < 0:
-            raise _fail(path, nodes.get(key), f"{key} must not be negative")
-    if not re.fullmatch(r"[a-z0-9]([a-z0-9-]*[a-z0-9])?(\.[a-z0-9]([a-z0-9-]*[a-z0-9])?)*", config.domain, re.ASCII):
+        if not 0 <= getattr(config, key) < math.inf:
+            raise _fail(path, nodes.get(key), f"{key} must be a finite number, 0 or more")
+    domain = re.compile(r"[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?(\.[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?)*", re.ASCII)
+    if len(config.domain) > 253 or not domain.fullmatch(config.domain):  # it goes into ssh_config as it is
         raise _fail(path, nodes.get("domain"), "domain must be a lower-case DNS suffix such as 'condor'")
+
+
+def _invalid_yaml(path: Path, exc: Exception) -> ConfigError:
+    """For text PyYAML cannot take: bad syntax, an unknown tag, or nesting deeper than Python's stack."""
+    mark = getattr(exc, "problem_mark", None)
+    line = f":{mark.line + 1}" if mark else ""
+    problem = "nested too deeply" if isinstance(exc, RecursionError) else getattr(exc, "problem", None) or exc
+    return ConfigError(f"{path}{line}: not valid YAML ({str(problem).splitlines()[0]})")
 
 
 def load_config(path: Path) -> Config:

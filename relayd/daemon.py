@@ -6,6 +6,7 @@ import errno
 import os
 import socket
 import time
+from pathlib import Path
 from typing import TYPE_CHECKING, Callable
 
 from twisted.internet import defer
@@ -30,6 +31,14 @@ if TYPE_CHECKING:
 
 log = Logger()
 
+
+def _private_dir(path: Path) -> None:
+    """private_dir, logging a mode it had to correct."""
+    old_mode = private_dir(path)
+    if old_mode is not None:
+        log.warn("{path} had mode {mode:o}; changed it to 700", path=str(path), mode=old_mode)
+
+
 class AlreadyRunning(Exception):
     pass
 
@@ -49,7 +58,7 @@ class RelayDaemon:
         self.on_idle_change: Callable[[], None] = lambda: None  # clients or upstreams came or went
         self._port = None
         self._adopted = False
-        private_dir(paths.state_dir)
+        _private_dir(paths.state_dir)
         self.client_factory = ClientTransportFactory(load_or_create(paths.host_key, paths.known_hosts))
         self.client_factory.doStart()
 
@@ -57,7 +66,7 @@ class RelayDaemon:
 
     def listen(self) -> None:
         """Listen on the private socket; a stale socket file from a dead daemon is replaced."""
-        private_dir(self.paths.runtime_dir)
+        _private_dir(self.paths.runtime_dir)
         path = self.paths.socket
         if path.exists() or path.is_symlink():
             probe = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)

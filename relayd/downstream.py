@@ -66,6 +66,7 @@ class ClientTransport(transport.SSHServerTransport):
         try:
             self.session.relay.from_client(self.client, messageNum, packet)
         except ProtocolViolation as exc:
+            self._log.warn("dropped a client of job {job}: {exc}", job=self.session.job.job_id, exc=exc)
             self.sendDisconnect(transport.DISCONNECT_PROTOCOL_ERROR, str(exc).encode())
 
     # ClientLink

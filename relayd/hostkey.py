@@ -7,31 +7,56 @@ from pathlib import Path
 
 from cryptography.hazmat.primitives.asymmetric import ed25519
 from twisted.conch.ssh import keys
+from twisted.logger import Logger
+
+from relayd.paths import UnusablePath
 
 HOST_KEY_ALIAS = "condor-relay"
 
+log = Logger()
 
-def _write_private(path: Path, data: bytes) -> None:
-    """Write a file that only the owner can read, never readable by others even briefly."""
+
+def _write_private(path: Path, data: bytes, what: str) -> None:
+    """Write a file that only the owner can read, never readable by others even briefly,
+    and never left half-written: a failed write removes its temp file and says why."""
     tmp = path.with_name(path.name + ".tmp")
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-    with os.fdopen(fd, "wb") as out:
-        out.write(data)
-        out.flush()
-        os.fsync(out.fileno())
-    os.replace(tmp, path)
+    try:
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        with os.fdopen(fd, "wb") as out:
+            out.write(data)
+            out.flush()
+            os.fsync(out.fileno())
+        os.replace(tmp, path)
+    except OSError as exc:
+        tmp.unlink(missing_ok=True)
+        raise UnusablePath(f"cannot write {what} {path}: {exc.strerror}") from None
+
+
+def _load(key_path: Path) -> keys.Key:
+    mode = key_path.stat().st_mode & 0o777
+    if mode & 0o077:
+        os.chmod(key_path, 0o600)
+        log.warn("the host key {path} had mode {mode:o}; changed it to 600", path=str(key_path), mode=mode)
+    try:
+        return keys.Key.fromFile(str(key_path))
+    except Exception as exc:  # Conch raises BadKeyError, struct.error, ValueError ... for a damaged key
+        raise UnusablePath(
+            f"cannot read the host key {key_path} ({exc or type(exc).__name__}); "
+            "move it away and relayd will make a new one"
+        ) from None
 
 
 def load_or_create(key_path: Path, known_hosts: Path) -> keys.Key:
-    """Load the ed25519 host key, creating it on first run, and keep known_hosts in step."""
+    """Load the ed25519 host key, creating it on first run, and keep known_hosts in step.
+
+    Raises UnusablePath naming the file when the key or known_hosts cannot be used.
+    """
     if key_path.exists():
-        if key_path.stat().st_mode & 0o077:
-            os.chmod(key_path, 0o600)
-        key = keys.Key.fromFile(str(key_path))
+        key = _load(key_path)
     else:
         key = keys.Key(ed25519.Ed25519PrivateKey.generate())
-        _write_private(key_path, key.toString("OPENSSH"))
+        _write_private(key_path, key.toString("OPENSSH"), "the host key")
     line = f"{HOST_KEY_ALIAS} {key.public().toString('OPENSSH').decode()}\n"
-    if not known_hosts.exists() or known_hosts.read_text() != line:
-        _write_private(known_hosts, line.encode())
+    if not known_hosts.exists() or known_hosts.read_bytes() != line.encode():
+        _write_private(known_hosts, line.encode(), "the known_hosts file")
     return key

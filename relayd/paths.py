@@ -77,9 +77,25 @@ def default_paths() -> Paths:
     return Paths(config_file=config_file, state_dir=state_dir, runtime_dir=runtime_dir)
 
 
-def private_dir(path: Path) -> Path:
-    """Create `path` (and parents) and make sure only the owner can enter it."""
-    path.mkdir(parents=True, exist_ok=True)
-    if path.stat().st_mode & 0o777 != 0o700:
-        os.chmod(path, 0o700)
-    return path
+class UnusablePath(Exception):
+    """A directory or file of the daemon's that it cannot use; str() says which and why."""
+
+
+def private_dir(path: Path) -> int | None:
+    """Create `path` (and parents) and make sure only we can enter it.
+
+    Returns the mode it had when that had to be corrected, for the caller to report.
+    Raises UnusablePath if it cannot be created or belongs to another user.
+    """
+    try:
+        path.mkdir(mode=0o700, parents=True, exist_ok=True)
+        info = path.stat()
+    except OSError as exc:
+        raise UnusablePath(f"cannot create the directory {path}: {exc.strerror}") from None
+    if info.st_uid != os.getuid():
+        raise UnusablePath(f"{path} belongs to uid {info.st_uid}, not to this user (uid {os.getuid()})")
+    mode = info.st_mode & 0o777
+    if mode == 0o700:
+        return None
+    os.chmod(path, 0o700)
+    return mode

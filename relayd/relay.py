@@ -7,7 +7,9 @@ touches a socket, so it is tested on its own.
 Channel ids are translated, nothing else is rewritten: windows, packet sizes and data pass
 through untouched, so flow control stays end to end between ssh and the job's sshd and the
 relay never holds more than the two peers allow. Each channel gets one relay id, unique
-within the job, used towards both the client and the leg it lives on.
+within the job, used towards both the client and the leg it lives on. A client message
+that the job's sshd would end the shared connection for is refused instead, and only
+that client is dropped.
 
 A job's sshd allows `MaxSessions` (10) session channels per connection. When every leg is
 full, session opens wait while the owner negotiates another leg (`need_leg`), so clients
@@ -91,8 +93,82 @@ class _Reader:
         self.pos += 1
         return self.data[self.pos - 1] != 0
 
+    def cstring(self) -> bytes:
+        """A string sshd reads as a C string: a NUL is allowed only as its last byte."""
+        value = self.string()
+        if b"\0" in value[:-1]:
+            raise ProtocolViolation("NUL byte inside a string")
+        return value
+
+    def skip_string(self) -> None:
+        length = self.u32()
+        if self.pos + length > len(self.data):
+            raise ProtocolViolation("string runs past the end of the message")
+        self.pos += length
+
+    def end(self) -> None:
+        if self.pos != len(self.data):
+            raise ProtocolViolation("trailing bytes at the end of the message")
+
     def rest(self) -> bytes:
         return self.data[self.pos :]
+
+
+# What the job's sshd (OpenSSH 9) reads from a client message, field by field: u uint32,
+# b boolean, s string, c string without NUL (sshd's cstring), m pty-req's terminal modes.
+# sshd ends its whole connection -- every client's sessions on that leg -- on a message
+# it cannot parse, so the relay refuses such a message first and drops only its sender.
+_CLIENT_FIELDS = {
+    CHANNEL_WINDOW_ADJUST: "uu", CHANNEL_DATA: "us", CHANNEL_EXTENDED_DATA: "uus", CHANNEL_EOF: "u",
+    CHANNEL_CLOSE: "u", CHANNEL_SUCCESS: "u", CHANNEL_FAILURE: "u", CHANNEL_OPEN_CONFIRMATION: "uuuu",
+    CHANNEL_OPEN_FAILURE: "uucs",
+}
+_OPEN_FIELDS = {b"session": "", b"direct-tcpip": "cucu", b"direct-streamlocal@openssh.com": "ccu",
+                b"tun@openssh.com": "uu"}
+_REQUEST_FIELDS = {
+    b"shell": "", b"exec": "c", b"subsystem": "c", b"env": "cc", b"x11-req": "bccu", b"pty-req": "cuuuum",
+    b"auth-agent-req@openssh.com": "", b"window-change": "uuuu", b"break": "u", b"signal": "c",
+    b"eow@openssh.com": "",
+}
+_GLOBAL_FIELDS = {b"tcpip-forward": "cu", b"cancel-tcpip-forward": "cu", b"streamlocal-forward@openssh.com": "c",
+                  b"cancel-streamlocal-forward@openssh.com": "c"}
+
+
+def _check_client_message(msgnum: int, payload: bytes) -> None:
+    """Raise ProtocolViolation for a client message the job's sshd could not parse.
+
+    Only the fields sshd reads are checked: it answers unknown open, request and global
+    request types without reading past their common fields.
+    """
+    reader = _Reader(payload)
+    if msgnum == CHANNEL_OPEN:
+        common, specific = "uuu", _OPEN_FIELDS.get(reader.cstring())
+    elif msgnum == CHANNEL_REQUEST:
+        reader.u32()
+        common, specific = "b", _REQUEST_FIELDS.get(reader.cstring())
+    elif msgnum == GLOBAL_REQUEST:
+        common, specific = "b", _GLOBAL_FIELDS.get(reader.cstring())
+    else:
+        common, specific = "", _CLIENT_FIELDS.get(msgnum)
+    for code in common + (specific or ""):
+        _READ_FIELD[code](reader)
+    if specific is not None:
+        reader.end()
+
+
+def _check_tty_modes(reader: _Reader) -> None:
+    """sshd's parse of pty-req's encoded modes: opcodes 1-159 take a uint32; 0 or 160+ end it."""
+    modes = _Reader(reader.string())
+    while modes.pos < len(modes.data):
+        opcode = modes.data[modes.pos]
+        modes.pos += 1
+        if opcode == 0 or opcode >= 160:
+            return
+        modes.u32()
+
+
+_READ_FIELD = {"u": _Reader.u32, "b": _Reader.boolean, "s": _Reader.skip_string, "c": _Reader.cstring,
+               "m": _check_tty_modes}
 
 
 class ClientLink(Protocol):
@@ -147,6 +223,9 @@ class Channel:
     server_closed: bool = False
     open_rest: bytes = b""  # window, packet size and type data of a pending client open
     moved: bool = False  # a refused session open is tried once more elsewhere
+    client_window: int = 0  # at least what the job's sshd may still send (grows by client adjusts)
+    client_eof: bool = False
+    pty_requested: bool = False
 
 
 class Relay:
@@ -327,6 +406,7 @@ class Relay:
         """Handle one connection-layer message from a client connection."""
         if not client.attached:
             return
+        _check_client_message(msgnum, payload)
         if msgnum in _CHANNEL_MESSAGES:
             self._client_channel_message(client, msgnum, payload)
         elif msgnum == CHANNEL_OPEN:
@@ -353,15 +433,30 @@ class Relay:
         channel = self._owned(client, reader.u32())
         if channel.leg is None or channel.server_id is None or channel.client_id is None:
             raise ProtocolViolation(f"message {msgnum} on channel {channel.relay_id} before it was open")
-        if msgnum == CHANNEL_REQUEST:
+        if channel.client_closed:
+            if msgnum == CHANNEL_CLOSE:
+                return
+            raise ProtocolViolation(f"message {msgnum} on channel {channel.relay_id} after its close")
+        # What sshd would end the whole connection for, though each message parses:
+        if msgnum in (CHANNEL_DATA, CHANNEL_EXTENDED_DATA) and channel.client_eof:
+            raise ProtocolViolation(f"data on channel {channel.relay_id} after its EOF")
+        if msgnum == CHANNEL_WINDOW_ADJUST:
+            channel.client_window += reader.u32()
+            if channel.client_window > 0xFFFFFFFF:
+                raise ProtocolViolation(f"window adjust overflows the window of channel {channel.relay_id}")
+        elif msgnum == CHANNEL_EOF:
+            channel.client_eof = True
+        elif msgnum == CHANNEL_REQUEST:
             name = reader.string()
             if name == b"auth-agent-req@openssh.com":
                 self._note_feature(channel.leg.agent_clients, client)
             elif name == b"x11-req":
                 self._note_feature(channel.leg.x11_clients, client)
+            elif name == b"pty-req":
+                if channel.pty_requested:
+                    raise ProtocolViolation(f"second pty request on channel {channel.relay_id}")
+                channel.pty_requested = True
         elif msgnum == CHANNEL_CLOSE:
-            if channel.client_closed:
-                return
             channel.client_closed = True
         channel.leg.link.send(msgnum, _u32(channel.server_id) + payload[4:])
         if msgnum == CHANNEL_CLOSE:
@@ -384,6 +479,7 @@ class Relay:
             return
         channel = self._allocate(kind, client, None, client_id=sender, server_id=None)
         channel.open_rest = reader.rest()
+        channel.client_window = _Reader(channel.open_rest).u32()
         self._open_on_a_leg(channel)
 
     def _open_on_a_leg(self, channel: Channel) -> None:
@@ -407,7 +503,9 @@ class Relay:
             raise ProtocolViolation(f"open reply for channel {channel.relay_id} that was not being opened")
         if msgnum == CHANNEL_OPEN_CONFIRMATION:
             channel.client_id = reader.u32()
-            channel.leg.link.send(msgnum, _u32(channel.server_id) + _u32(channel.relay_id) + reader.rest())
+            rest = reader.rest()
+            channel.client_window = _Reader(rest).u32()
+            channel.leg.link.send(msgnum, _u32(channel.server_id) + _u32(channel.relay_id) + rest)
         else:
             self._forget(channel)
             channel.leg.link.send(msgnum, _u32(channel.server_id) + reader.rest())
@@ -456,7 +554,11 @@ class Relay:
         return channel, reader
 
     def _leg_channel_message(self, leg: Leg, msgnum: int, payload: bytes) -> None:
-        channel, _ = self._leg_channel(leg, payload)
+        channel, reader = self._leg_channel(leg, payload)
+        if msgnum == CHANNEL_EXTENDED_DATA:
+            reader.u32()  # the data type
+        if msgnum in (CHANNEL_DATA, CHANNEL_EXTENDED_DATA):
+            channel.client_window -= reader.u32()  # the data's length
         if msgnum == CHANNEL_CLOSE:
             channel.server_closed = True
             if not channel.client.attached:

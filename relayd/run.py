@@ -17,7 +17,7 @@ from twisted.logger import Logger
 
 from relayd.activation import ActivationError, systemd_socket
 from relayd.config import ConfigError, load_config
-from relayd.paths import Paths
+from relayd.paths import Paths, UnusablePath
 
 SHUTDOWN_GRACE_SECONDS = 3.0  # for disconnect messages to reach the clients
 log = Logger()
@@ -31,6 +31,7 @@ def run(paths: Paths, verbose: bool = False, on_demand: bool = False, log_to: st
         print(f"relayd: {exc}", file=sys.stderr)
         return 2
     from twisted.internet import reactor
+    from twisted.internet.error import CannotListenError
 
     from relayd.daemon import AlreadyRunning, RelayDaemon
     from relayd.idle import IdleExit
@@ -40,14 +41,14 @@ def run(paths: Paths, verbose: bool = False, on_demand: bool = False, log_to: st
         paths = paths.with_socket(passed.path)
     started_by = "systemd" if passed else "helper" if on_demand else "foreground"
     start_logging(log_to or default_target(started_by), verbose, paths.log_file)
-    daemon = RelayDaemon(reactor, config, paths)
-    daemon.activation = started_by
     try:
+        daemon = RelayDaemon(reactor, config, paths)
+        daemon.activation = started_by
         if passed is not None:
             daemon.adopt(passed.fd)
         else:
             daemon.listen()
-    except AlreadyRunning as exc:
+    except (AlreadyRunning, UnusablePath, CannotListenError) as exc:
         print(f"relayd: {exc}", file=sys.stderr)
         return 1
     reactor.addSystemEventTrigger("before", "shutdown", lambda: ensureDeferred(_close_clients(reactor, daemon)))

@@ -29,7 +29,7 @@ class NegotiatedKey:
 
     def check(self, blob: bytes) -> None:
         if blob != self._blob:
-            raise HostKeyRefused("the job's sshd presented a key other than the negotiated one")
+            raise HostKeyRefused("the job's sshd presented a host key other than the negotiated one; refused")
 
 
 class TrustOnFirstUse:

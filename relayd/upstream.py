@@ -88,13 +88,14 @@ class _UpstreamTransport(transport.SSHClientTransport):
         self._upstream = upstream
         self._credentials = credentials
         self.disconnect_reason: str | None = None
+        self.refusal: NegotiationFailed | None = None  # why we broke off, if we did
 
     def verifyHostKey(self, hostKey: bytes, fingerprint: bytes) -> defer.Deferred[bool]:
         try:
             self._credentials.host_key.check(hostKey)
         except HostKeyRefused as exc:
-            self._upstream.refused = str(exc)
-            return defer.fail(NegotiationFailed(str(exc)))
+            self.refusal = NegotiationFailed(str(exc))
+            return defer.fail(self.refusal)
         return defer.succeed(True)
 
     def connectionSecure(self) -> None:
@@ -105,7 +106,7 @@ class _UpstreamTransport(transport.SSHClientTransport):
 
     def connectionLost(self, reason: Failure | None = None) -> None:
         super().connectionLost(reason)
-        self._upstream._lost(self.disconnect_reason)
+        self._upstream._lost(self.disconnect_reason, self.refusal)
 
 
 class _OneProtocolFactory(protocol.Factory):
@@ -140,7 +141,6 @@ class UpstreamConnection:
         self._transport: _UpstreamTransport | None = None
         self._ready: defer.Deferred[UpstreamConnection] = defer.Deferred()
         self.closed = False
-        self.refused: str | None = None  # why the server's host key was refused
 
     def start(self, credentials: Credentials) -> defer.Deferred[UpstreamConnection]:
         """Speak SSH over the negotiated socket; fires once authenticated."""
@@ -157,11 +157,11 @@ class UpstreamConnection:
     def _authenticated(self) -> None:
         self._ready.callback(self)
 
-    def _lost(self, reason: str | None) -> None:
+    def _lost(self, reason: str | None, refusal: NegotiationFailed | None) -> None:
         self.closed = True
         if not self._ready.called:
             detail = f" ({reason})" if reason else ""
-            self._ready.errback(NegotiationFailed(self.refused or f"the job's sshd closed the connection{detail}"))
+            self._ready.errback(refusal or NegotiationFailed(f"the job's sshd closed the connection{detail}"))
         else:
             self._on_lost(self, reason)
 

@@ -6,14 +6,18 @@ since OpenSSH reads ~/.ssh/config from the passwd home, not from $HOME.
 
 from __future__ import annotations
 
+import contextlib
+import hashlib
 import os
 import shutil
+import socket
 import subprocess
 import sys
 import tempfile
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Callable
 
 import pytest
 
@@ -73,7 +77,7 @@ class Relay:
         self.process = subprocess.Popen([RELAYD, "run"], env=self.home.env, stdout=open(self.log_path, "ab"),
                                         stderr=subprocess.STDOUT)
         deadline = time.monotonic() + 20
-        while not self.home.socket.exists():
+        while not self.accepting():  # not just present: a killed daemon leaves its socket file
             if self.process.poll() is not None or time.monotonic() > deadline:
                 raise RuntimeError(f"relayd did not start:\n{self.log()}")
             time.sleep(0.05)
@@ -93,6 +97,62 @@ class Relay:
                 self.process.kill()
                 self.process.wait()
 
+    def accepting(self) -> bool:
+        """Whether a daemon listens on the socket."""
+        with socket.socket(socket.AF_UNIX) as probe:
+            try:
+                probe.connect(str(self.home.socket))
+            except OSError:
+                return False
+        return True
+
+    def exchange(self, request: bytes, fds: list[int] | None = None) -> list[str]:
+        """Send raw bytes on the daemon's socket and half-close; its reply lines until it hangs up."""
+        with socket.socket(socket.AF_UNIX) as sock:
+            sock.settimeout(20)
+            sock.connect(str(self.home.socket))
+            reply = b""
+            # An oversized request is cut short: the daemon hangs up with some of it unread,
+            # which resets the connection once its reply has been read.
+            with contextlib.suppress(BrokenPipeError, ConnectionResetError):
+                socket.send_fds(sock, [request], fds) if fds else sock.sendall(request)
+                sock.shutdown(socket.SHUT_WR)
+            with contextlib.suppress(ConnectionResetError):
+                while chunk := sock.recv(65536):
+                    reply += chunk
+        return reply.decode(errors="replace").splitlines()
+
+    @property
+    def pid(self) -> int:
+        assert self.process is not None
+        return self.process.pid
+
+    def rss_kib(self) -> int:
+        """The daemon's resident memory."""
+        status = Path(f"/proc/{self.pid}/status").read_text()
+        return int(next(line.split()[1] for line in status.splitlines() if line.startswith("VmRSS:")))
+
+    def open_fds(self) -> int:
+        return len(os.listdir(f"/proc/{self.pid}/fd"))
+
+    def zombies(self) -> list[int]:
+        """Children of the daemon that exited and were not reaped."""
+        found = []
+        for entry in Path("/proc").iterdir():
+            try:
+                stat = (entry / "stat").read_text()
+            except (OSError, ValueError):
+                continue
+            state, ppid = stat[stat.rindex(")") + 2:].split()[:2]
+            if state == "Z" and int(ppid) == self.pid:
+                found.append(int(entry.name))
+        return found
+
+    def running_job(self) -> str:
+        """Submit a running job to the pool; its host name."""
+        cluster, proc = sandbox.submit_job(self.pool_dir, status="running")
+        return f"job-{cluster}.{proc}.condor"
+
     def log(self) -> str:
         return self.log_path.read_text(errors="replace") if self.log_path.exists() else ""
 
@@ -108,6 +168,73 @@ class Relay:
 
     def negotiations(self) -> int:
         return len(sandbox.read_negotiations(self.pool_dir))
+
+
+class EchoSession:
+    """An ssh session through `cat`, kept open across a test: what must come through intact.
+
+    It is up once constructed: the first chunk has made the round trip.
+    """
+
+    CHUNK = 64 * 1024
+
+    def __init__(self, relay: Relay, host: str) -> None:
+        self.process = subprocess.Popen(relay.ssh_argv(host, "cat"), env=relay.home.env, stdin=subprocess.PIPE,
+                                        stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+        self.sent = bytearray()
+        self.feed()
+        assert self.process.stdout is not None
+        self.received = self.process.stdout.read(self.CHUNK)
+
+    def feed(self) -> None:
+        """Send another chunk (no more than ssh's windows hold, as nothing is read yet)."""
+        chunk = os.urandom(self.CHUNK)
+        assert self.process.stdin is not None
+        self.process.stdin.write(chunk)
+        self.process.stdin.flush()
+        self.sent += chunk
+
+    def finish(self) -> None:
+        """Send a last chunk, close the input, and check that every byte came back in order."""
+        last = os.urandom(self.CHUNK)
+        self.sent += last
+        out, err = self.process.communicate(last, timeout=60)
+        assert self.process.returncode == 0, err
+        assert hashlib.sha256(self.received + out).digest() == hashlib.sha256(self.sent).digest()
+
+
+def negotiator_environments(pool_dir: Path) -> dict[int, dict[str, str]]:
+    """The environments of the live processes this pool's condor_ssh_to_job started (they
+    inherit its CONDOR_RELAY_SANDBOX), by pid."""
+    found = {}
+    for entry in Path("/proc").iterdir():
+        try:
+            raw = (entry / "environ").read_bytes() if entry.name.isdigit() else b""
+        except OSError:
+            continue
+        environ = dict(item.decode(errors="replace").partition("=")[::2] for item in raw.split(b"\0") if item)
+        if environ.get("CONDOR_RELAY_SANDBOX") == str(pool_dir):
+            found[int(entry.name)] = environ
+    return found
+
+
+def wait_for(predicate: Callable[[], object], timeout: float = 10.0) -> bool:
+    """Poll until predicate() is true; its final value after `timeout` seconds."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if predicate():
+            return True
+        time.sleep(0.05)
+    return bool(predicate())
+
+
+def assert_fails(done: subprocess.CompletedProcess, *fragments: str) -> None:
+    err = done.stderr.decode()
+    assert done.returncode == 255, err
+    ours = [line for line in err.splitlines() if line.startswith("condor-relay: ")]
+    assert ours, err
+    for fragment in fragments:  # the error is the last of the helper's lines (progress comes first)
+        assert fragment in ours[-1], err
 
 
 @pytest.fixture

@@ -4,9 +4,10 @@ from __future__ import annotations
 
 import hashlib
 import os
-import subprocess
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
+
+from conftest import assert_fails
 
 from relayd.sandbox import pool as sandbox
 
@@ -109,15 +110,6 @@ def test_parallel_cold_connections_negotiate_once(relay):
     assert relay.negotiations() - before == 1
     again = relay.ssh(host, "true")
     assert again.returncode == 0 and relay.negotiations() - before == 1
-
-
-def assert_fails(done: subprocess.CompletedProcess, *fragments: str) -> None:
-    err = done.stderr.decode()
-    assert done.returncode == 255, err
-    ours = [line for line in err.splitlines() if line.startswith("condor-relay: ")]
-    assert ours, err
-    for fragment in fragments:  # the error is the last of the helper's lines (progress comes first)
-        assert fragment in ours[-1], err
 
 
 def test_bad_name(relay):

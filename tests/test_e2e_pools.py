@@ -10,8 +10,7 @@ import time
 from pathlib import Path
 
 import pytest
-from conftest import RELAYD
-from test_e2e_core import assert_fails
+from conftest import RELAYD, assert_fails
 
 from relayd.sandbox import pool as sandbox
 

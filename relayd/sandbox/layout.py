@@ -61,6 +61,11 @@ class PoolSettings:
     running during which a real pool answers with a retryable error;
     retry_delay is -auto-retry's period (5 s in HTCondor).  The two enable
     flags stand for SCHEDD_ENABLE_SSH_TO_JOB and ENABLE_SSH_TO_JOB.
+    negotiation_fault makes every negotiation fail in one way, for the relay's
+    fault tests: "hang" (the schedd never answers; the tool waits forever with
+    a child in its process group), "no_socket" (the -ssh command is never run
+    and the tool exits 0), "wrong_host_key" (the client is told a server key
+    that the sshd does not have).
     """
 
     schedd_name: str = "sandbox"
@@ -71,6 +76,7 @@ class PoolSettings:
     retry_delay: float = 5.0
     schedd_enable_ssh_to_job: bool = True
     enable_ssh_to_job: bool = True
+    negotiation_fault: str = ""
 
     @classmethod
     def from_mapping(cls, data: dict[str, Any]) -> PoolSettings:

@@ -16,18 +16,19 @@ import os
 import signal
 import subprocess
 import sys
+import tempfile
 import time
 from collections.abc import Sequence
 from pathlib import Path
 from types import FrameType
-from typing import Any
+from typing import Any, NoReturn
 
 from . import schedd, session, sshcmd
 from .condor_args import join_for_display
 from .jobuser import JobUserError, current_user_name
 from .layout import ARGV0_ENV, HELD, POOL_ENV, RUNNING, PoolError, PoolLayout, PoolSettings
 from .pool import set_status
-from .starter import StarterError, start_sshd
+from .starter import SSH_KEYGEN, StarterError, start_sshd
 from .tool_args import USAGE, CommandLineError, HelpRequested, Options, parse_args
 
 _RETRY_DELAY_CAP = 30  # after 5 minutes of retries HTCondor slows down to every 30 s
@@ -93,6 +94,8 @@ class Negotiator:
         if error:
             _err(error + "\n")
             return None
+        if settings.negotiation_fault == "hang":
+            _hang()
 
         if self.could_be_ec2_job:
             ad = schedd.fetch_job_ad(layout, opts.cluster, opts.proc)
@@ -152,9 +155,13 @@ class Negotiator:
             _err(f"{slot}: {exc}\n")
             return None
         with sshd.sock:
+            if settings.negotiation_fault == "no_socket":
+                return 0
+            server_key = (_unrelated_public_key() if settings.negotiation_fault == "wrong_host_key"
+                          else sshd.public_server_key)
             try:
                 key_file, known_hosts = session.write_client_files(
-                    session_dir, sshd.private_client_key, sshd.public_server_key)
+                    session_dir, sshd.private_client_key, server_key)
                 fdpass_path = session_dir / "fdpass"
                 fdpass = session.listen_fdpass(fdpass_path)
             except OSError as exc:
@@ -196,6 +203,21 @@ class Negotiator:
         except OSError as exc:
             _err(f"Error executing SSH: {exc.strerror}\n")
             return 1
+
+
+def _hang() -> NoReturn:
+    """negotiation_fault "hang": wait forever, with a child in our process group."""
+    subprocess.Popen(["sleep", "infinity"])
+    while True:
+        time.sleep(3600)
+
+
+def _unrelated_public_key() -> bytes:
+    """negotiation_fault "wrong_host_key": a fresh public key that no sshd holds."""
+    with tempfile.TemporaryDirectory() as tmp:
+        key = Path(tmp) / "key"
+        subprocess.run([SSH_KEYGEN, "-q", "-t", "ed25519", "-N", "", "-C", "", "-f", str(key)], check=True)
+        return key.with_name("key.pub").read_bytes()
 
 
 def _log_invocation(layout: PoolLayout | None, argv: list[str]) -> None:

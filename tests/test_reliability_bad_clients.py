@@ -1,0 +1,108 @@
+"""Bad input on the daemon's socket: garbage, oversized and half-sent requests, clients
+that leave during a negotiation, and SSH clients that speak nonsense after the banner,
+after key exchange and after authentication. Each such connection is logged and dropped
+alone; a session open alongside carries every byte through."""
+
+from __future__ import annotations
+
+import json
+import socket
+import sys
+from pathlib import Path
+
+import pytest
+from conftest import EchoSession, Relay, wait_for
+from rogue_ssh import MESSAGES, TRANSPORT_CASES
+
+from relayd.protocol import format_connect
+from relayd.sandbox import pool as sandbox
+
+MIB = 1024 * 1024
+TOKEN = "0" * 32
+ROGUE = Path(__file__).with_name("rogue_ssh.py")
+
+# request bytes -> the start of the one reply line the daemon sends before hanging up
+BAD_REQUESTS = {
+    b"GARBAGE\n": "ERROR unknown request 'GARBAGE'",
+    b"\n": "ERROR unknown request ''",
+    b"\xff\xfe\x00\x01\n": "ERROR request is not ASCII",
+    b"CONNECT job-1.0.condor\n": "ERROR unknown request 'CONNECT'",
+    b"CONNECT job\x01.condor 22\n": "ERROR unknown request 'CONNECT'",
+    b"CONNECT job-1.0.condor 99999\n": "ERROR bad port '99999'",
+    b"CONNECT job-1.0.condor -1\n": "ERROR bad port '-1'",
+    b"CONNECT www.example.org 22\n": "ERROR 'www.example.org' is not a job name",
+    b"CONNECT job-1.0.condor 22 extra\n": "ERROR bad CONNECT option 'extra'",
+    b"C" * (10 * MIB): "ERROR request line too long",
+    f"CAPTURE {TOKEN}\n{{}}\n".encode(): "ERROR capture came without the job's socket",
+    f"CAPTURE {TOKEN}\n".encode() + b"x" * MIB: "ERROR capture too large",
+    b"CAPTURE short\n": "ERROR unknown request 'CAPTURE'",
+}
+
+
+def assert_nothing_unhandled(relay: Relay) -> None:
+    log = relay.log()
+    assert "Traceback" not in log and "Unhandled" not in log, log
+
+
+def test_bad_requests_are_answered_and_dropped_while_a_session_carries_on(relay):
+    host = relay.running_job()
+    working = EchoSession(relay, host)
+    fds_before = relay.open_fds()
+    stalled = socket.socket(socket.AF_UNIX)  # half a request, then silence, for the whole test
+    stalled.connect(str(relay.home.socket))
+    stalled.sendall(b"CONNECT job-1.0.con")
+    for request, reply in BAD_REQUESTS.items():
+        lines = relay.exchange(request)
+        assert len(lines) == 1 and lines[0].startswith(reply), (request[:40], lines)
+        working.feed()
+    bait, kept = socket.socketpair()
+    lines = relay.exchange(f"CAPTURE {TOKEN}\n{{}}\n".encode(), [bait.fileno()])
+    assert lines == ["ERROR no negotiation is waiting for this capture"]
+    bait.close()
+    assert kept.recv(1) == b""  # the daemon closed the socket it was handed
+    assert relay.exchange(b"CONNECT job-1.0.condor") == []  # half-sent, then the client hung up
+    stalled.close()
+    working.finish()
+    assert relay.ssh(host, "true").returncode == 0
+    assert relay.negotiations() == 1
+    assert wait_for(lambda: relay.open_fds() <= fds_before, timeout=5), (relay.open_fds(), fds_before)
+    log = relay.log()  # a bad job name is logged as a failed connection, the rest as failed requests
+    assert log.count("request failed: ") + log.count(": failed (") >= len(BAD_REQUESTS) + 1
+    assert_nothing_unhandled(relay)
+
+
+def test_clients_that_leave_during_negotiation_do_not_disturb_it(relay):
+    sandbox.configure_pool(relay.pool_dir, negotiation_delay=1)
+    host = relay.running_job()
+    leavers = []
+    for _ in range(3):
+        sock = socket.socket(socket.AF_UNIX)
+        sock.connect(str(relay.home.socket))
+        sock.sendall(format_connect(host, 22))
+        leavers.append(sock)
+    assert leavers[0].recv(1000).startswith(b"PROGRESS negotiating with job")
+    for sock in leavers:
+        sock.close()
+    done = relay.ssh(host, "echo reached")
+    assert done.returncode == 0 and done.stdout == b"reached\n", done.stderr
+    assert relay.negotiations() == 1  # the abandoned negotiation finished and served the next client
+    assert not relay.zombies()
+    assert_nothing_unhandled(relay)
+
+
+@pytest.mark.parametrize("cases", [TRANSPORT_CASES, tuple(MESSAGES)], ids=["transport", "connection"])
+def test_ssh_clients_speaking_nonsense_are_dropped_alone(relay, cases):
+    host = relay.running_job()
+    working = EchoSession(relay, host)
+    rogue = relay.run([sys.executable, str(ROGUE), str(relay.home.socket), host, *cases], timeout=120)
+    assert rogue.returncode == 0, rogue.stderr.decode()
+    results = [json.loads(line) for line in rogue.stdout.splitlines()]
+    assert [r["case"] for r in results] == list(cases)
+    for result in results:
+        assert result["dropped"], result
+        if result["case"] in MESSAGES:  # dropped by the relay, saying why
+            assert result["reason"] and f"dropped a client of job 1.0: {result['reason']}" in relay.log(), result
+    assert b"Unhandled Error" not in rogue.stderr, rogue.stderr.decode()
+    working.finish()
+    assert relay.negotiations() == 1  # the job's connection never went down
+    assert_nothing_unhandled(relay)
