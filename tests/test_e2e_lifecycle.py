@@ -67,14 +67,3 @@ def test_socket_and_key_modes(relay):
     state = Path(relay.home.env["XDG_STATE_HOME"]) / "condor-relay"
     assert state.stat().st_mode & 0o777 == 0o700
     assert (state / "host_key").stat().st_mode & 0o777 == 0o600
-
-
-def test_no_job_key_left_on_disk(relay):
-    cluster, proc = sandbox.submit_job(relay.pool_dir, status="running")
-    assert relay.ssh(f"job-{cluster}.{proc}.condor", "true").returncode == 0
-    tmp = Path(relay.home.env["TMP"])
-    assert list(tmp.iterdir()) == []  # condor_ssh_to_job's session dir is gone
-    state = Path(relay.home.env["XDG_STATE_HOME"]) / "condor-relay"
-    for path in state.rglob("*"):
-        if path.is_file():
-            assert b"PRIVATE KEY" not in path.read_bytes() or path.name == "host_key", path

@@ -125,6 +125,7 @@ def _serve_one(listening: socket.socket, ssh_sock: socket.socket,
         sys.stderr.write(f"Error accepting connection on {listening.getsockname()}: "
                          f"{exc.strerror}\n")
         return
+    listening.close()  # only one connection is ever served: refuse the rest from now on
     with conn:
         try:
             send_fd(conn, ssh_sock.fileno())
