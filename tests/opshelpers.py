@@ -5,20 +5,10 @@ from __future__ import annotations
 import json
 import os
 import subprocess
-import time
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 from conftest import RELAYD, Home
-
-
-def wait_for(predicate: Callable[[], object], timeout: float = 10.0) -> bool:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if predicate():
-            return True
-        time.sleep(0.05)
-    return bool(predicate())
 
 
 def status(home: Home) -> dict[str, Any] | None:

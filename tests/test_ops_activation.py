@@ -6,8 +6,8 @@ import socket
 import subprocess
 import sys
 
-from conftest import RELAYD
-from opshelpers import daemon_log, status, wait_for
+from conftest import RELAYD, wait_for
+from opshelpers import daemon_log, status
 
 from relayd.paths import private_dir
 from relayd.sandbox import pool as sandbox

@@ -5,7 +5,8 @@ from __future__ import annotations
 import subprocess
 from concurrent.futures import ThreadPoolExecutor
 
-from opshelpers import alive, daemon_log, status, wait_for
+from conftest import wait_for
+from opshelpers import alive, daemon_log, status
 
 from relayd.sandbox import pool as sandbox
 

@@ -6,7 +6,8 @@ import io
 import os
 import tempfile
 
-from opshelpers import daemon_log, wait_for
+from conftest import wait_for
+from opshelpers import daemon_log
 from twisted.logger import LogLevel
 
 from relayd.logs import default_target, journal_observer

@@ -6,8 +6,7 @@ from __future__ import annotations
 import signal
 import subprocess
 
-from conftest import RELAYD
-from opshelpers import wait_for
+from conftest import RELAYD, wait_for
 
 from relayd.sandbox import pool as sandbox
 

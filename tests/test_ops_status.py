@@ -6,8 +6,8 @@ import os
 import subprocess
 import time
 
-from conftest import RELAYD
-from opshelpers import status, wait_for
+from conftest import RELAYD, wait_for
+from opshelpers import status
 
 from relayd.sandbox import pool as sandbox
 
