@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import signal
 import sys
 
 from relayd.config import ConfigError, load_config
@@ -45,10 +44,9 @@ def run(paths: Paths, verbose: bool = False) -> int:
         print(f"relayd: {exc}", file=sys.stderr)
         return 1
 
-    def shutdown(signum, frame) -> None:  # type: ignore[no-untyped-def]
-        reactor.callFromThread(lambda: daemon.stop().addBoth(lambda _: reactor.stop()))
-
-    signal.signal(signal.SIGTERM, shutdown)
-    signal.signal(signal.SIGINT, shutdown)
-    reactor.run(installSignalHandlers=False)
+    # Twisted's own signal handling: SIGINT and SIGTERM stop the reactor (closing the
+    # sessions first), and its SIGCHLD handling reaps condor_ssh_to_job; without it a
+    # negotiation whose tool closed its pipes before exiting never learnt that it ended.
+    reactor.addSystemEventTrigger("before", "shutdown", daemon.stop)
+    reactor.run()
     return 0

@@ -18,6 +18,7 @@ from twisted.logger import Logger
 from twisted.python.failure import Failure
 
 from relayd.negotiate import Credentials, NegotiationFailed
+from relayd.sshtransport import PacketTransport
 
 
 class _NegotiatedKeyAuth(userauth.SSHUserAuthClient):
@@ -81,7 +82,7 @@ class _ConnectionService(service.SSHService):
         self._upstream.on_message(self._upstream, messageNum, packet)
 
 
-class _UpstreamTransport(transport.SSHClientTransport):
+class _UpstreamTransport(PacketTransport, transport.SSHClientTransport):
     _log = Logger(namespace="relayd.ssh")
 
     def __init__(self, upstream: UpstreamConnection, credentials: Credentials) -> None:

@@ -53,9 +53,10 @@ class Home:
 class Relay:
     """A running `relayd run` with a generated ssh config."""
 
-    def __init__(self, home: Home, pool_dir: Path) -> None:
+    def __init__(self, home: Home, pool_dir: Path, relayd: str = RELAYD) -> None:
         self.home = home
         self.pool_dir = pool_dir
+        self.relayd = relayd
         self.log_path = home.root / "relayd.log"
         self.ssh_config = home.root / "ssh_config"
         self.process: subprocess.Popen | None = None
@@ -70,14 +71,14 @@ class Relay:
         self.home.config_file.write_text(yaml.safe_dump(base))
 
     def start(self) -> None:
-        self.process = subprocess.Popen([RELAYD, "run"], env=self.home.env, stdout=open(self.log_path, "ab"),
+        self.process = subprocess.Popen([self.relayd, "run"], env=self.home.env, stdout=open(self.log_path, "ab"),
                                         stderr=subprocess.STDOUT)
         deadline = time.monotonic() + 20
         while not self.home.socket.exists():
             if self.process.poll() is not None or time.monotonic() > deadline:
                 raise RuntimeError(f"relayd did not start:\n{self.log()}")
             time.sleep(0.05)
-        block = subprocess.run([RELAYD, "ssh-config", "print"], env=self.home.env, check=True,
+        block = subprocess.run([self.relayd, "ssh-config", "print"], env=self.home.env, check=True,
                                capture_output=True, text=True).stdout
         self.ssh_config.write_text(block)
 

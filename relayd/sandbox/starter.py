@@ -54,7 +54,9 @@ class SshdSession:
 
 
 @dataclass
-class _SetupResult:
+class SshdSetup:
+    """A prepared sshd directory: sshd_config, host key (also the client key), authorized_keys."""
+
     sshd_dir: Path
     remote_user: str
     public_key: bytes
@@ -83,7 +85,7 @@ def start_sshd(layout: PoolLayout, settings: PoolSettings, ad: dict[str, Any],
     shell = _preferred_shell(shells)
     if shell:
         env["_CONDOR_SHELL"] = shell
-    setup = run_as(user, _setup_sshd_dir, layout.scratch_dir(cluster, proc),
+    setup = run_as(user, setup_sshd_dir, layout.scratch_dir(cluster, proc),
                    [SSH_KEYGEN, *KEYGEN_ARGS, *client_args], env, layout.shell_setup)
     client, server = _loopback_pair()
     try:
@@ -113,8 +115,8 @@ def _preferred_shell(shells: str) -> str | None:
     return None
 
 
-def _setup_sshd_dir(scratch: Path, keygen_argv: list[str], env: dict[str, str],
-                    shell_setup: Path) -> _SetupResult:
+def setup_sshd_dir(scratch: Path, keygen_argv: list[str], env: dict[str, str],
+                   shell_setup: Path) -> SshdSetup:
     """condor_ssh_to_job_sshd_setup's work; runs as the job user."""
     num = 1
     while True:
@@ -146,7 +148,7 @@ def _setup_sshd_dir(scratch: Path, keygen_argv: list[str], env: dict[str, str],
     (sshd_dir / "sshd_config").write_text(sshd_config.render(key, authorized_keys))
     (sshd_dir / "sshd.log").touch(mode=0o600)  # the starter sends sshd's stderr here
     remote_user = pwd.getpwuid(os.geteuid()).pw_name  # what the setup script's whoami says
-    return _SetupResult(sshd_dir, remote_user, public_key, key.read_bytes())
+    return SshdSetup(sshd_dir, remote_user, public_key, key.read_bytes())
 
 
 def _sh_quote(value: str) -> str:
