@@ -15,7 +15,7 @@ import hmac
 import os
 import struct
 from dataclasses import dataclass
-from typing import Protocol
+from typing import Callable, Protocol, TypeVar
 
 from cryptography.exceptions import InvalidSignature, InvalidTag
 from cryptography.hazmat.primitives.ciphers import Cipher, algorithms, modes
@@ -26,6 +26,7 @@ from cryptography.hazmat.primitives.poly1305 import Poly1305
 MAX_PACKET_LENGTH = 256 * 1024
 _LENGTH = struct.Struct(">L")
 _ZERO_BLOCK = bytes(64)  # one ChaCha20 block
+T = TypeVar("T")
 _HEADER = struct.Struct(">LBB")  # packet_length, padding_length, message number
 
 
@@ -229,7 +230,7 @@ class _GcmNonce:
 class _GcmSealer:
     block = 16
 
-    def __init__(self, key: bytes, iv: bytes) -> None:
+    def __init__(self, key: bytes, iv: bytes, mac: _Hmac | None) -> None:
         self._aead = AESGCM(key)
         self._nonce = _GcmNonce(iv)
 
@@ -242,7 +243,7 @@ class _GcmSealer:
 class _GcmOpener:
     header = 4
 
-    def __init__(self, key: bytes, iv: bytes) -> None:
+    def __init__(self, key: bytes, iv: bytes, mac: _Hmac | None) -> None:
         self._aead = AESGCM(key)
         self._nonce = _GcmNonce(iv)
         self._length = 0
@@ -271,7 +272,7 @@ class _ChaChaPoly:
     block = 8
     header = 4
 
-    def __init__(self, key: bytes) -> None:
+    def __init__(self, key: bytes, iv: bytes, mac: _Hmac | None) -> None:
         nonce = bytes(16)
         self._main = Cipher(algorithms.ChaCha20(key[:32], nonce), None).encryptor()
         self._header = Cipher(algorithms.ChaCha20(key[32:64], nonce), None).encryptor()
@@ -314,29 +315,23 @@ class _ChaChaPoly:
         return _unpad(self._main.update(packet[4:end]), 0, self._length)
 
 
-def _parts(cipher: bytes, mac: bytes, key: bytes, iv: bytes, integrity: bytes) -> tuple[_CipherSpec, bytes, bytes, _Hmac | None]:
+_SEALERS: dict[str, Callable[..., Sealer]] = {"gcm": _GcmSealer, "chacha": _ChaChaPoly, "ctr": _CtrSealer}
+_OPENERS: dict[str, Callable[..., Opener]] = {"gcm": _GcmOpener, "chacha": _ChaChaPoly, "ctr": _CtrOpener}
+
+
+def _build(classes: dict[str, Callable[..., T]], cipher: bytes, mac: bytes, key: bytes, iv: bytes,
+           integrity: bytes) -> T:
+    """An instance of the class for `cipher`'s kind, given (key, iv, HMAC or None)."""
     spec = _CIPHERS[cipher]
     hmac_ = None if is_aead(cipher) else _Hmac(_MACS[mac], integrity)
-    return spec, key[: spec.key_size], iv[: spec.iv_size], hmac_
+    return classes[spec.kind](key[: spec.key_size], iv[: spec.iv_size], hmac_)
 
 
 def sealer(cipher: bytes, mac: bytes, key: bytes, iv: bytes, integrity: bytes) -> Sealer:
     """The outgoing side of negotiated `cipher` and `mac`, from the derived keys."""
-    spec, key, iv, hmac_ = _parts(cipher, mac, key, iv, integrity)
-    if spec.kind == "gcm":
-        return _GcmSealer(key, iv)
-    if spec.kind == "chacha":
-        return _ChaChaPoly(key)
-    assert hmac_ is not None
-    return _CtrSealer(key, iv, hmac_)
+    return _build(_SEALERS, cipher, mac, key, iv, integrity)
 
 
 def opener(cipher: bytes, mac: bytes, key: bytes, iv: bytes, integrity: bytes) -> Opener:
     """The incoming side of negotiated `cipher` and `mac`, from the derived keys."""
-    spec, key, iv, hmac_ = _parts(cipher, mac, key, iv, integrity)
-    if spec.kind == "gcm":
-        return _GcmOpener(key, iv)
-    if spec.kind == "chacha":
-        return _ChaChaPoly(key)
-    assert hmac_ is not None
-    return _CtrOpener(key, iv, hmac_)
+    return _build(_OPENERS, cipher, mac, key, iv, integrity)

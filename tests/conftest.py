@@ -6,12 +6,14 @@ since OpenSSH reads ~/.ssh/config from the passwd home, not from $HOME.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import shutil
 import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -113,26 +115,44 @@ def home(tmp_path: Path) -> Home:
     return Home.make(tmp_path)
 
 
-@pytest.fixture
-def pool():
+@contextlib.contextmanager
+def sandbox_pool() -> Iterator[Path]:
+    """A sandbox pool in a temp dir of its own, stopped and removed afterwards."""
     # Not under tmp_path: pytest's base directory is private to us, and as root the
     # pool's job user must be able to traverse to its sandboxes.
     base = Path(tempfile.mkdtemp(prefix="condor-relay-pool-"))
     base.chmod(0o711)
     pool_dir = base / "pool"
-    sandbox.create_pool(pool_dir)
-    yield pool_dir
-    sandbox.stop_pool(pool_dir)
-    shutil.rmtree(base, ignore_errors=True)
+    try:
+        sandbox.create_pool(pool_dir)
+        yield pool_dir
+    finally:
+        sandbox.stop_pool(pool_dir)
+        shutil.rmtree(base, ignore_errors=True)
+
+
+@contextlib.contextmanager
+def running_relay(home: Home, pool_dir: Path) -> Iterator[Relay]:
+    """The daemon with the default sandbox config, stopped afterwards."""
+    relay = Relay(home, pool_dir)
+    relay.configure()
+    relay.start()
+    try:
+        yield relay
+    finally:
+        relay.stop()
+
+
+@pytest.fixture
+def pool():
+    with sandbox_pool() as pool_dir:
+        yield pool_dir
 
 
 @pytest.fixture
 def relay(home: Home, pool: Path, request):
-    relay = Relay(home, pool)
-    relay.configure()
-    relay.start()
-    yield relay
-    relay.stop()
+    with running_relay(home, pool) as relay:
+        yield relay
     if request.node.rep_call.failed if hasattr(request.node, "rep_call") else False:
         sys.stderr.write(f"--- relayd log ---\n{relay.log()}\n")
 
