@@ -3,16 +3,15 @@
 from __future__ import annotations
 
 import argparse
-import os
-import shutil
 import sys
-from pathlib import Path
-
-from relayd.paths import default_paths
 
 
 def _relayd_executable() -> str:
     """The absolute path of this relayd, for the generated ProxyCommand."""
+    import os
+    import shutil
+    from pathlib import Path
+
     argv0 = sys.argv[0]
     if os.path.basename(argv0) == "relayd":
         return os.path.abspath(argv0)
@@ -20,6 +19,7 @@ def _relayd_executable() -> str:
 
 
 def cmd_run(args: argparse.Namespace) -> int:
+    from relayd.paths import default_paths
     from relayd.run import run
 
     return run(default_paths(), verbose=args.verbose)
@@ -28,13 +28,21 @@ def cmd_run(args: argparse.Namespace) -> int:
 def cmd_connect(args: argparse.Namespace) -> int:
     from clientconf.connect import connect
 
-    socket_path = args.socket or str(default_paths().socket)
+    if args.socket:
+        socket_path = args.socket
+    else:
+        from relayd.paths import default_paths
+
+        socket_path = str(default_paths().socket)
     return connect(socket_path, args.host, args.port, show_progress=sys.stderr.isatty())
 
 
 def cmd_ssh_config(args: argparse.Namespace) -> int:
+    from pathlib import Path
+
     from clientconf import sshconfig
     from relayd.config import ConfigError, load_config
+    from relayd.paths import default_paths
 
     paths = default_paths()
     try:
