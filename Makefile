@@ -29,7 +29,7 @@ test: check-system $(STAMP)
 	$(VENV)/bin/python -m pytest -q
 
 bench: check-system $(BENCH_STAMP)
-	$(BENCH_VENV)/bin/python -m bench
+	$(BENCH_VENV)/bin/python -m bench $(BENCH_ARGS)
 
 clean:
 	rm -rf $(VENV) $(BENCH_VENV) build *.egg-info .pytest_cache

@@ -48,9 +48,11 @@ class Rig:
     # -- set-up ----------------------------------------------------------------------------
 
     def start_relay(self, **settings: object) -> None:
+        """(Re)start the daemon with these config settings."""
         self.relay.stop()
         self.relay.configure(**settings)
         self.relay.start()
+        self.relay_settings = settings
 
     def _write_direct_config(self) -> None:
         layout = PoolLayout(self.pool_dir)
@@ -103,6 +105,7 @@ class Rig:
     def run(self, argv: list[str], **kw: object) -> float:
         """Run argv to completion and return its wall time; raises CommandFailed."""
         kw.setdefault("stdin", subprocess.DEVNULL)
+        kw.setdefault("timeout", 600)
         kw.setdefault("stdout", subprocess.DEVNULL)
         start = time.perf_counter()
         done = subprocess.run(argv, env=self.env, stderr=subprocess.PIPE, **kw)  # type: ignore[call-overload]

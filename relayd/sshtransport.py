@@ -29,8 +29,9 @@ from relayd import packetcrypto
 _KEX_MESSAGES = frozenset({transport.MSG_DISCONNECT, transport.MSG_KEXINIT, transport.MSG_NEWKEYS, *range(30, 50)})
 _STRICT_CLIENT = b"kex-strict-c-v00@openssh.com"
 _STRICT_SERVER = b"kex-strict-s-v00@openssh.com"
-# Bytes asked of the socket per read; Twisted's default is 64 KiB, two 32 KiB packets.
-READ_SIZE = 256 * 1024
+# Bytes per read and per send; Twisted's defaults (64 KiB and 128 KiB, two and four
+# 32 KiB packets) cost a reactor round and a system call for every few packets.
+IO_SIZE = 1024 * 1024
 
 
 class _Algorithms:
@@ -71,7 +72,8 @@ class PacketTransport(transport.SSHTransportBase):
         strict = _STRICT_CLIENT if self.isClient else _STRICT_SERVER
         self.supportedKeyExchanges = [*type(self).supportedKeyExchanges, strict]
         self._sealer = packetcrypto.Plain()
-        self.transport.bufferSize = READ_SIZE
+        self.transport.bufferSize = IO_SIZE
+        self.transport.SEND_LIMIT = IO_SIZE
         super().connectionMade()  # sends our KEXINIT
         self.currentEncryptions = _Algorithms(b"none", b"none", b"none", b"none")
 
