@@ -100,17 +100,24 @@ class Opener(Protocol):
         """(message number, payload after it) of one whole packet; raises BadPacket."""
 
 
-def _frame(message: int, payload: bytes, block: int, unencrypted_length: bool) -> bytes:
-    """packet_length, padding_length, the message and random padding (at least 4 bytes).
+def _frame_ends(message: int, payload: bytes, block: int, unencrypted_length: bool) -> tuple[bytes, bytes]:
+    """What goes before the payload (packet_length, padding_length, message number) and
+    after it (random padding, at least 4 bytes).
 
     The padded part is a multiple of the block size; with EtM and AEAD modes the
-    length field stays clear and is left out of that sum.
+    length field stays clear and is left out of that sum. Stream ciphers (CTR, ChaCha20)
+    take the three parts one by one, so a 32 KiB payload is not copied into a frame.
     """
     aligned = len(payload) + (2 if unencrypted_length else 6)
     padding = block - aligned % block
     if padding < 4:
         padding += block
-    return b"".join((_HEADER.pack(len(payload) + padding + 2, padding, message), payload, os.urandom(padding)))
+    return _HEADER.pack(len(payload) + padding + 2, padding, message), os.urandom(padding)
+
+
+def _frame(message: int, payload: bytes, block: int, unencrypted_length: bool) -> bytes:
+    head, tail = _frame_ends(message, payload, block, unencrypted_length)
+    return b"".join((head, payload, tail))
 
 
 def _checked_length(packet_length: int, block: int, unencrypted_length: bool) -> int:
@@ -121,13 +128,16 @@ def _checked_length(packet_length: int, block: int, unencrypted_length: bool) ->
     return packet_length
 
 
-def _unpad(plain: bytes, start: int, packet_length: int) -> tuple[int, bytes]:
-    """(message number, payload) from `plain[start:]` = padding_length, payload, padding."""
+def _unpad(plain: bytes, start: int, packet_length: int, more: bytes = b"") -> tuple[int, bytes]:
+    """(message number, payload) from padding_length, payload and padding at `plain[start:]`,
+    continued in `more` where the plain text was decrypted in two parts."""
     padding = plain[start]
     end = start + packet_length - padding
     if padding < 4 or end <= start + 1:
         raise BadPacket("bad padding length")
-    return plain[start + 1], plain[start + 2 : end]
+    if end <= len(plain):
+        return plain[start + 1], plain[start + 2 : end]
+    return plain[start + 1], b"".join((memoryview(plain)[start + 2 :], memoryview(more)[: end - len(plain)]))
 
 
 class Plain:
@@ -166,8 +176,8 @@ class _Hmac:
             mac.update(part)
         return mac.digest()
 
-    def check(self, seq: int, data: bytes | memoryview, tag: memoryview) -> None:
-        if not hmac.compare_digest(self.tag(seq, data), tag):
+    def check(self, seq: int, tag: memoryview, *parts: bytes | memoryview) -> None:
+        if not hmac.compare_digest(self.tag(seq, *parts), tag):
             raise BadMac("bad MAC")
 
 
@@ -179,12 +189,13 @@ class _CtrSealer:
         self._mac = mac
 
     def seal(self, seq: int, message: int, payload: bytes) -> list[bytes]:
+        head, tail = _frame_ends(message, payload, self.block, self._mac.etm)
         if self._mac.etm:
-            packet = memoryview(_frame(message, payload, self.block, True))
-            length, body = packet[:4].tobytes(), self._encrypt(packet[4:])
-            return [length, body, self._mac.tag(seq, length, body)]
-        packet = _frame(message, payload, self.block, False)
-        return [self._encrypt(packet), self._mac.tag(seq, packet)]
+            length = head[:4]
+            body = [self._encrypt(head[4:]), self._encrypt(payload), self._encrypt(tail)]
+            return [length, *body, self._mac.tag(seq, length, *body)]
+        tag = self._mac.tag(seq, head, payload, tail)
+        return [self._encrypt(head), self._encrypt(payload), self._encrypt(tail), tag]
 
 
 class _CtrOpener:
@@ -207,11 +218,11 @@ class _CtrOpener:
     def open(self, seq: int, packet: memoryview) -> tuple[int, bytes]:
         end = 4 + self._length
         if self._mac.etm:
-            self._mac.check(seq, packet[:end], packet[end:])
+            self._mac.check(seq, packet[end:], packet[:end])
             return _unpad(self._decrypt(packet[4:end]), 0, self._length)
-        plain = self._first + self._decrypt(packet[16:end])
-        self._mac.check(seq, plain, packet[end:])
-        return _unpad(plain, 4, self._length)
+        rest = self._decrypt(packet[16:end])
+        self._mac.check(seq, packet[end:], self._first, rest)
+        return _unpad(self._first, 4, self._length, rest)
 
 
 class _GcmNonce:
@@ -293,12 +304,13 @@ class _ChaChaPoly:
         return self._header.update(length)
 
     def seal(self, seq: int, message: int, payload: bytes) -> list[bytes]:
-        packet = memoryview(_frame(message, payload, self.block, True))
+        head, tail = _frame_ends(message, payload, self.block, True)
         poly = self._poly1305(seq)
-        length, body = self._crypt_length(seq, packet[:4]), self._main.update(packet[4:])
-        poly.update(length)
-        poly.update(body)
-        return [length, body, poly.finalize()]
+        pieces = [self._crypt_length(seq, head[:4]), self._main.update(head[4:]), self._main.update(payload),
+                  self._main.update(tail)]
+        for piece in pieces:
+            poly.update(piece)
+        return [*pieces, poly.finalize()]
 
     def length(self, seq: int, head: memoryview) -> int:
         self._length = _checked_length(_LENGTH.unpack(self._crypt_length(seq, head))[0], self.block, True)

@@ -8,7 +8,8 @@ missing underneath:
   of Conch's SSHCiphers;
 - receiving: Conch appends every read to one bytes buffer and slices the rest off after
   each packet, copying the remainder once per packet (quadratic in the read size); here a
-  read is cut into packets through a memoryview and only an incomplete tail is kept;
+  read is cut into packets through a memoryview, and only a packet that straddles two
+  reads is copied;
 - OpenSSH's strict key exchange (kex-strict-*-v00@openssh.com, the Terrapin fix), which
   chacha20-poly1305 and the EtM MACs need: the peer's KEXINIT must come first, nothing
   but key exchange messages may come before the first NEWKEYS, and sequence numbers
@@ -29,9 +30,9 @@ from relayd import packetcrypto
 _KEX_MESSAGES = frozenset({transport.MSG_DISCONNECT, transport.MSG_KEXINIT, transport.MSG_NEWKEYS, *range(30, 50)})
 _STRICT_CLIENT = b"kex-strict-c-v00@openssh.com"
 _STRICT_SERVER = b"kex-strict-s-v00@openssh.com"
-# Bytes per read and per send; Twisted's defaults (64 KiB and 128 KiB, two and four
+# Bytes per read and per send; Twisted's defaults (64 KiB and 128 KiB: two and four
 # 32 KiB packets) cost a reactor round and a system call for every few packets.
-IO_SIZE = 1024 * 1024
+IO_SIZE = 256 * 1024
 
 
 class _Algorithms:
@@ -112,30 +113,56 @@ class PacketTransport(transport.SSHTransportBase):
             super().dataReceived(data)
 
     def _receive(self, data: bytes) -> None:
-        buffer = self._rest + data if self._rest else data
-        view = memoryview(buffer)
-        pos = 0
+        view = memoryview(data)
         try:
-            while not self.transport.disconnecting:
-                opener = self.currentEncryptions.opener
-                seq = self.incomingPacketSequence
-                if self._packet_size is None:
-                    if len(buffer) - pos < opener.header:
-                        break
-                    self._packet_size = opener.length(seq, view[pos : pos + opener.header])
-                if len(buffer) - pos < self._packet_size:
+            if self._rest:
+                view = self._finish_rest(view)
+                if self._rest:
+                    return  # still incomplete: all of `view` went into it
+            pos = 0
+            while pos < len(view) and not self.transport.disconnecting:
+                size = self._size(view[pos:])
+                if size is None or len(view) - pos < size:
                     break
-                messageNum, payload = opener.open(seq, view[pos : pos + self._packet_size])
-                pos += self._packet_size
-                self._packet_size = None
-                self.incomingPacketSequence = (seq + 1) & 0xFFFFFFFF
-                self.dispatchMessage(messageNum, payload)
+                self._dispatch_packet(view[pos : pos + size])
+                pos += size
+            self._rest = view[pos:].tobytes()
         except packetcrypto.BadMac as exc:
             self.sendDisconnect(transport.DISCONNECT_MAC_ERROR, str(exc).encode())
         except packetcrypto.BadPacket as exc:
             self.sendDisconnect(transport.DISCONNECT_PROTOCOL_ERROR, str(exc).encode())
-        finally:
-            self._rest = buffer[pos:]
+
+    def _finish_rest(self, view: memoryview) -> memoryview:
+        """Complete the packet an earlier read began, copying only its bytes; returns
+        what of `view` follows it."""
+        while True:
+            size = self._size(memoryview(self._rest))
+            wanted = self.currentEncryptions.opener.header if size is None else size
+            taken = min(wanted - len(self._rest), len(view))
+            self._rest += view[:taken]
+            view = view[taken:]
+            if len(self._rest) < wanted:
+                return view
+            if size is not None:
+                packet, self._rest = self._rest, b""
+                self._dispatch_packet(memoryview(packet))
+                return view
+
+    def _size(self, view: memoryview) -> int | None:
+        """The wire size of the packet `view` starts with; None until its header is there."""
+        if self._packet_size is None:
+            opener = self.currentEncryptions.opener
+            if len(view) < opener.header:
+                return None
+            self._packet_size = opener.length(self.incomingPacketSequence, view[: opener.header])
+        return self._packet_size
+
+    def _dispatch_packet(self, packet: memoryview) -> None:
+        seq = self.incomingPacketSequence
+        messageNum, payload = self.currentEncryptions.opener.open(seq, packet)
+        self._packet_size = None
+        self.incomingPacketSequence = (seq + 1) & 0xFFFFFFFF
+        self.dispatchMessage(messageNum, payload)
 
     # -- strict key exchange ---------------------------------------------------------------
 

@@ -101,3 +101,13 @@ def test_a_bad_mac_disconnects_and_dispatches_nothing_more():
     receiver.dataReceived(good + bytes(bad) + third)
     assert receiver.messages == [(94, b"first")]
     assert receiver.transport.disconnecting
+
+
+def test_one_byte_at_a_time():
+    sender = _keyed(b"aes128-ctr", b"hmac-sha2-512")
+    payloads = [b"", b"a" * 40, b"b" * 5000]
+    stream = b"".join(b"".join(sender.sealer.seal(seq, 94, p)) for seq, p in enumerate(payloads))
+    receiver = _Recorder(_keyed(b"aes128-ctr", b"hmac-sha2-512"))
+    for i in range(len(stream)):
+        receiver.dataReceived(stream[i : i + 1])
+    assert receiver.messages == [(94, p) for p in payloads]
