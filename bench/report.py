@@ -84,16 +84,16 @@ def plot(path: Path, scenarios: dict[str, Scenario], before: dict[str, Scenario]
     fig, ax = plt.subplots(figsize=(7.5, 0.42 * len(targets) + 1.1), dpi=100)
     height = 0.38 if before else 0.7
     for i, target in enumerate(reversed(targets)):
-        now = _score(target, scenarios)
-        ax.barh(i + (height / 2 if before else 0), now, height, color="#2b7bba" if now >= 1 else "#d9534f",
-                label="now" if i == 0 else None)
-        ax.text(now * 1.05, i + (height / 2 if before else 0), _target_value(target, scenarios), va="center",
-                fontsize=7)
+        bars = [(scenarios, "now", "#2b7bba" if target.met(scenarios) else "#d9534f", "black")]
         if before and target.scenario in before:
-            then = _score(target, before)
-            ax.barh(i - height / 2, then, height, color="#bbbbbb", label="before" if i == 0 else None)
-            ax.text(then * 1.05, i - height / 2, _target_value(target, before), va="center", fontsize=7,
-                    color="#666666")
+            bars.append((before, "before", "#bbbbbb", "#555555"))
+        for j, (results, label, color, text_color) in enumerate(bars):
+            y = i + height / 2 - j * height if len(bars) > 1 else i
+            score = _score(target, results)
+            ax.barh(y, score, height, color=color, label=label if i == 0 else None)
+            inside = score >= _SCORE_RANGE[1] / 2  # no room to the right: write on the bar
+            ax.text(score / 1.05 if inside else score * 1.05, y, _target_value(target, results), va="center",
+                    ha="right" if inside else "left", fontsize=7, color="white" if inside else text_color)
     ax.axvline(1, color="black", linewidth=1)
     ax.set_xscale("log")
     ax.set_xlim(*_SCORE_RANGE)
@@ -101,7 +101,7 @@ def plot(path: Path, scenarios: dict[str, Scenario], before: dict[str, Scenario]
     ax.set_xlabel("result relative to the target (right of the line: met)", fontsize=8)
     ax.tick_params(axis="x", labelsize=8)
     if before:
-        ax.legend(fontsize=8, loc="lower right")
+        ax.legend(fontsize=8, loc="lower left", bbox_to_anchor=(0, 1), ncol=2, frameon=False)
     fig.tight_layout()
     fig.savefig(path)
     plt.close(fig)
