@@ -1,4 +1,4 @@
-"""The packet layer without sockets: sealing and opening, and cutting reads into packets."""
+"""The packet layer without sockets: sealing and opening, cutting reads into packets, strict kex."""
 
 from __future__ import annotations
 
@@ -10,6 +10,7 @@ from hypothesis import strategies as st
 from twisted.internet.testing import StringTransport
 
 from relayd import packetcrypto
+from relayd.downstream import ClientTransport
 from relayd.sshtransport import PacketTransport, _Algorithms
 
 PAIRS = [(c, b"hmac-sha2-256") for c in packetcrypto.CIPHERS] + [(b"aes128-ctr", m) for m in packetcrypto.MACS]
@@ -111,3 +112,39 @@ def test_one_byte_at_a_time():
     for i in range(len(stream)):
         receiver.dataReceived(stream[i : i + 1])
     assert receiver.messages == [(94, p) for p in payloads]
+
+
+def _plain(message: int, payload: bytes) -> bytes:
+    return b"".join(packetcrypto.Plain().seal(0, message, payload))
+
+
+def _kexinit(*kex: bytes) -> bytes:
+    lists = [b",".join(kex), b"ssh-ed25519", b"aes128-ctr", b"aes128-ctr", b"hmac-sha2-256", b"hmac-sha2-256",
+             b"none", b"none", b"", b""]
+    return _plain(20, os.urandom(16) + b"".join(len(n).to_bytes(4, "big") + n for n in lists) + bytes(5))
+
+
+def _server_fed(*packets: bytes) -> StringTransport:
+    """The client leg's transport after an OpenSSH banner and `packets`; what it wrote."""
+    server = ClientTransport()
+    server.makeConnection(StringTransport())
+    server.dataReceived(b"SSH-2.0-OpenSSH_9.2\r\n" + b"".join(packets))
+    return server.transport
+
+
+IGNORE = _plain(2, b"\0\0\0\0")
+
+
+def test_strict_kex_refuses_anything_but_key_exchange_before_newkeys():
+    wrote = _server_fed(_kexinit(b"curve25519-sha256", b"kex-strict-c-v00@openssh.com"), IGNORE)
+    assert wrote.disconnecting and b"strict kex: unexpected message 2" in wrote.value()
+
+
+def test_strict_kex_refuses_a_kexinit_that_is_not_the_first_packet():
+    wrote = _server_fed(IGNORE, _kexinit(b"curve25519-sha256", b"kex-strict-c-v00@openssh.com"))
+    assert wrote.disconnecting and b"KEXINIT was not the first packet" in wrote.value()
+
+
+def test_without_strict_kex_a_message_before_kexinit_is_tolerated():
+    wrote = _server_fed(IGNORE, _kexinit(b"curve25519-sha256"))
+    assert not wrote.disconnecting and b"kex-strict-s-v00@openssh.com" in wrote.value()
