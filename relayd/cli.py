@@ -69,6 +69,8 @@ def _local_block(paths: Paths, config: Config, hosts: list[str] | None = None) -
 
 
 def cmd_ssh_config(args: argparse.Namespace) -> int:
+    from pathlib import Path
+
     from clientconf import sshconfig
 
     paths = _paths(args)

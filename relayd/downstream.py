@@ -13,6 +13,7 @@ from twisted.python.failure import Failure
 
 from relayd.jobs import JobSession
 from relayd.relay import Client, ProtocolViolation
+from relayd.sshtransport import PacketTransport
 from relayd.traffic import Traffic
 
 
@@ -42,7 +43,7 @@ class _ClientConnection(service.SSHService):
         self.transport.relay_from_client(messageNum, packet)
 
 
-class ClientTransport(transport.SSHServerTransport):
+class ClientTransport(PacketTransport, transport.SSHServerTransport):
     """One ssh client's connection, bound to a job's session when the daemon said OK."""
 
     session: JobSession

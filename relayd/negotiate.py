@@ -18,6 +18,7 @@ import sys
 from dataclasses import dataclass
 from pathlib import Path
 
+from cryptography.hazmat.primitives import serialization
 from twisted.conch.ssh import keys
 from twisted.internet import defer, error, protocol
 from twisted.internet.interfaces import IReactorProcess, IReactorTime
@@ -54,6 +55,16 @@ class Credentials:
     job_socket: socket.socket
 
 
+def _load_private_key(text: str) -> keys.Key:
+    """The negotiated key, in OpenSSH's format.
+
+    Conch's own loader checks an RSA key's primes, which takes 0.1 s for the starter's
+    RSA-3072 key, in the reactor thread; this key comes from the starter through the
+    capture hook, so skip that check: a broken key would only make the sshd refuse us.
+    """
+    return keys.Key(serialization.load_ssh_private_key(text.encode(), None, unsafe_skip_rsa_key_validation=True))
+
+
 def _parse_capture(payload: dict[str, object], fd: int) -> Credentials:
     job_socket = socket.socket(fileno=fd)
     try:
@@ -62,7 +73,7 @@ def _parse_capture(payload: dict[str, object], fd: int) -> Credentials:
             raise ValueError("fields must be strings")
         return Credentials(
             user=str(user),
-            private_key=keys.Key.fromString(str(private_key).encode()),
+            private_key=_load_private_key(str(private_key)),
             host_key=NegotiatedKey(keys.Key.fromString(str(server_key).encode())),
             job_socket=job_socket,
         )

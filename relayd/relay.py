@@ -61,6 +61,11 @@ def _string(value: bytes) -> bytes:
     return struct.pack(">L", len(value)) + value
 
 
+def _readdressed(recipient: int, payload: bytes) -> bytes:
+    """A channel message for another recipient id: one copy of what may be 32 KiB of data."""
+    return b"".join((_u32(recipient), memoryview(payload)[4:]))
+
+
 def _open_failure(recipient: int, reason: int, text: bytes) -> bytes:
     return _u32(recipient) + _u32(reason) + _string(text) + _string(b"")
 
@@ -458,7 +463,7 @@ class Relay:
                 channel.pty_requested = True
         elif msgnum == CHANNEL_CLOSE:
             channel.client_closed = True
-        channel.leg.link.send(msgnum, _u32(channel.server_id) + payload[4:])
+        channel.leg.link.send(msgnum, _readdressed(channel.server_id, payload))
         if msgnum == CHANNEL_CLOSE:
             self._forget_if_done(channel)
 
@@ -564,7 +569,7 @@ class Relay:
             if not channel.client.attached:
                 channel.client_closed = True
         if channel.client.attached and channel.client_id is not None:
-            channel.client.link.send(msgnum, _u32(channel.client_id) + payload[4:])
+            channel.client.link.send(msgnum, _readdressed(channel.client_id, payload))
         if msgnum == CHANNEL_CLOSE:
             self._forget_if_done(channel)
 

@@ -17,6 +17,7 @@ from twisted.internet.interfaces import IReactorSocket
 from twisted.python.failure import Failure
 
 from relayd.negotiate import Credentials, NegotiationFailed
+from relayd.sshtransport import PacketTransport
 from relayd.traffic import Traffic
 from relayd.trust import HostKeyRefused
 
@@ -82,7 +83,7 @@ class _ConnectionService(service.SSHService):
         self._upstream.on_message(self._upstream, messageNum, packet)
 
 
-class _UpstreamTransport(transport.SSHClientTransport):
+class _UpstreamTransport(PacketTransport, transport.SSHClientTransport):
 
     def __init__(self, upstream: UpstreamConnection, credentials: Credentials) -> None:
         self._upstream = upstream

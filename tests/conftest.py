@@ -15,6 +15,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable
@@ -57,9 +58,10 @@ class Home:
 class Relay:
     """A running `relayd run` with a generated ssh config."""
 
-    def __init__(self, home: Home, pool_dir: Path) -> None:
+    def __init__(self, home: Home, pool_dir: Path, relayd: str = RELAYD) -> None:
         self.home = home
         self.pool_dir = pool_dir
+        self.relayd = relayd
         self.log_path = home.root / "relayd.log"
         self.ssh_config = home.root / "ssh_config"
         self.process: subprocess.Popen | None = None
@@ -74,7 +76,7 @@ class Relay:
         self.home.config_file.write_text(yaml.safe_dump(base))
 
     def start(self) -> None:
-        self.process = subprocess.Popen([RELAYD, "run"], env=self.home.env, stdout=open(self.log_path, "ab"),
+        self.process = subprocess.Popen([self.relayd, "run"], env=self.home.env, stdout=open(self.log_path, "ab"),
                                         stderr=subprocess.STDOUT)
         deadline = time.monotonic() + 20
         while not self.accepting():  # not just present: a killed daemon leaves its socket file
@@ -84,7 +86,7 @@ class Relay:
         self.write_ssh_config()
 
     def write_ssh_config(self) -> None:
-        block = subprocess.run([RELAYD, "ssh-config", "print"], env=self.home.env, check=True,
+        block = subprocess.run([self.relayd, "ssh-config", "print"], env=self.home.env, check=True,
                                capture_output=True, text=True).stdout
         self.ssh_config.write_text(block)
 
@@ -242,26 +244,44 @@ def home(tmp_path: Path) -> Home:
     return Home.make(tmp_path)
 
 
-@pytest.fixture
-def pool():
+@contextlib.contextmanager
+def sandbox_pool() -> Iterator[Path]:
+    """A sandbox pool in a temp dir of its own, stopped and removed afterwards."""
     # Not under tmp_path: pytest's base directory is private to us, and as root the
     # pool's job user must be able to traverse to its sandboxes.
     base = Path(tempfile.mkdtemp(prefix="condor-relay-pool-"))
     base.chmod(0o711)
     pool_dir = base / "pool"
-    sandbox.create_pool(pool_dir)
-    yield pool_dir
-    sandbox.stop_pool(pool_dir)
-    shutil.rmtree(base, ignore_errors=True)
+    try:
+        sandbox.create_pool(pool_dir)
+        yield pool_dir
+    finally:
+        sandbox.stop_pool(pool_dir)
+        shutil.rmtree(base, ignore_errors=True)
+
+
+@contextlib.contextmanager
+def running_relay(home: Home, pool_dir: Path) -> Iterator[Relay]:
+    """The daemon with the default sandbox config, stopped afterwards."""
+    relay = Relay(home, pool_dir)
+    relay.configure()
+    relay.start()
+    try:
+        yield relay
+    finally:
+        relay.stop()
+
+
+@pytest.fixture
+def pool():
+    with sandbox_pool() as pool_dir:
+        yield pool_dir
 
 
 @pytest.fixture
 def relay(home: Home, pool: Path, request):
-    relay = Relay(home, pool)
-    relay.configure()
-    relay.start()
-    yield relay
-    relay.stop()
+    with running_relay(home, pool) as relay:
+        yield relay
     if request.node.rep_call.failed if hasattr(request.node, "rep_call") else False:
         sys.stderr.write(f"--- relayd log ---\n{relay.log()}\n")
 

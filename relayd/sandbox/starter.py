@@ -23,7 +23,7 @@ from typing import Any
 
 from . import jobprocs, sshd_config
 from .condor_args import ArgsError, join_system, split_v2_raw
-from .jobuser import resolve_job_user, run_as
+from .jobuser import JobUser, resolve_job_user, run_as
 from .layout import SUSPENDED, TRANSFERRING_OUTPUT, PoolLayout, PoolSettings
 from .processes import spawn_detached
 
@@ -54,7 +54,9 @@ class SshdSession:
 
 
 @dataclass
-class _SetupResult:
+class SshdSetup:
+    """A prepared sshd directory: sshd_config, host key (also the client key), authorized_keys."""
+
     sshd_dir: Path
     remote_user: str
     public_key: bytes
@@ -70,21 +72,8 @@ def start_sshd(layout: PoolLayout, settings: PoolSettings, ad: dict[str, Any],
         raise StarterError("Rejecting request, because the job is finished.")
     if ad["JobStatus"] == SUSPENDED:
         raise StarterError("This slot is currently suspended.", retry=True)
-    try:
-        client_args = split_v2_raw(keygen_options)
-    except ArgsError as exc:
-        raise StarterError(f"Failed to produce ssh-keygen arg list: {exc}") from None
-    user = resolve_job_user(settings.job_user)
+    user, setup = prepare_sshd_dir(layout, settings, ad, slot_name, keygen_options, shells)
     cluster, proc = ad["ClusterId"], ad["ProcId"]
-    env = jobprocs.job_environment(layout, ad)
-    process = jobprocs.job_process(layout, cluster, proc)
-    env["_CONDOR_JOB_PIDS"] = "" if process is None else str(process.pid)
-    env["_CONDOR_SLOT_NAME"] = slot_name
-    shell = _preferred_shell(shells)
-    if shell:
-        env["_CONDOR_SHELL"] = shell
-    setup = run_as(user, _setup_sshd_dir, layout.scratch_dir(cluster, proc),
-                   [SSH_KEYGEN, *KEYGEN_ARGS, *client_args], env, layout.shell_setup)
     client, server = _loopback_pair()
     try:
         log = os.open(setup.sshd_dir / "sshd.log", os.O_WRONLY | os.O_APPEND)
@@ -105,6 +94,30 @@ def start_sshd(layout: PoolLayout, settings: PoolSettings, ad: dict[str, Any],
     return SshdSession(client, setup.remote_user, setup.public_key, setup.private_key)
 
 
+def prepare_sshd_dir(layout: PoolLayout, settings: PoolSettings, ad: dict[str, Any], slot_name: str,
+                     keygen_options: str = "", shells: str = "") -> tuple[JobUser, SshdSetup]:
+    """condor_ssh_to_job_sshd_setup's part of START_SSHD, as the job user; raises StarterError.
+
+    Also what the benchmark and the tests use to run an sshd equivalent to a job's.
+    """
+    try:
+        client_args = split_v2_raw(keygen_options)
+    except ArgsError as exc:
+        raise StarterError(f"Failed to produce ssh-keygen arg list: {exc}") from None
+    user = resolve_job_user(settings.job_user)
+    cluster, proc = ad["ClusterId"], ad["ProcId"]
+    env = jobprocs.job_environment(layout, ad)
+    process = jobprocs.job_process(layout, cluster, proc)
+    env["_CONDOR_JOB_PIDS"] = "" if process is None else str(process.pid)
+    env["_CONDOR_SLOT_NAME"] = slot_name
+    shell = _preferred_shell(shells)
+    if shell:
+        env["_CONDOR_SHELL"] = shell
+    setup = run_as(user, _setup_sshd_dir, layout.scratch_dir(cluster, proc),
+                   [SSH_KEYGEN, *KEYGEN_ARGS, *client_args], env, layout.shell_setup)
+    return user, setup
+
+
 def _preferred_shell(shells: str) -> str | None:
     """The first executable entry of the client's comma-separated -shells list."""
     for shell in shells.split(","):
@@ -114,7 +127,7 @@ def _preferred_shell(shells: str) -> str | None:
 
 
 def _setup_sshd_dir(scratch: Path, keygen_argv: list[str], env: dict[str, str],
-                    shell_setup: Path) -> _SetupResult:
+                    shell_setup: Path) -> SshdSetup:
     """condor_ssh_to_job_sshd_setup's work; runs as the job user."""
     num = 1
     while True:
@@ -146,7 +159,7 @@ def _setup_sshd_dir(scratch: Path, keygen_argv: list[str], env: dict[str, str],
     (sshd_dir / "sshd_config").write_text(sshd_config.render(key, authorized_keys))
     (sshd_dir / "sshd.log").touch(mode=0o600)  # the starter sends sshd's stderr here
     remote_user = pwd.getpwuid(os.geteuid()).pw_name  # what the setup script's whoami says
-    return _SetupResult(sshd_dir, remote_user, public_key, key.read_bytes())
+    return SshdSetup(sshd_dir, remote_user, public_key, key.read_bytes())
 
 
 def _sh_quote(value: str) -> str:

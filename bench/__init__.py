@@ -1,0 +1,1 @@
+"""The benchmark behind the README's Performance section (`make bench`); not a test."""

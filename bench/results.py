@@ -1,0 +1,77 @@
+"""What a bench run measured: series of samples per scenario, and the issue's targets."""
+
+from __future__ import annotations
+
+import statistics
+from dataclasses import dataclass, field
+
+
+@dataclass
+class Series:
+    """Repeated samples of one contender (the relay, OpenSSH, condor_ssh_to_job...)."""
+
+    name: str
+    samples: list[float] = field(default_factory=list)
+
+    @property
+    def median(self) -> float:
+        return statistics.median(self.samples)
+
+
+@dataclass
+class Scenario:
+    """One comparison; `series[0]` is the relay."""
+
+    key: str
+    title: str
+    unit: str
+    series: list[Series]
+
+    def get(self, name: str) -> Series:
+        return next(s for s in self.series if s.name == name)
+
+
+@dataclass(frozen=True)
+class Target:
+    """A bound on a ratio of medians (or on one median when `reference` is None)."""
+
+    text: str
+    scenario: str
+    subject: str
+    reference: str | None
+    limit: float
+    higher_is_better: bool
+
+    def value(self, scenarios: dict[str, Scenario]) -> float:
+        scenario = scenarios[self.scenario]
+        subject = scenario.get(self.subject).median
+        return subject if self.reference is None else subject / scenario.get(self.reference).median
+
+    def met(self, scenarios: dict[str, Scenario]) -> bool:
+        value = self.value(scenarios)
+        return value >= self.limit if self.higher_is_better else value <= self.limit
+
+
+# Series names used by the scenarios and the targets.
+RELAY = "relay"
+RELAY_COLD = "relay, first connection"
+RELAY_MUX = "relay behind ssh's ControlMaster (opt-in)"
+CONTROLMASTER = "OpenSSH ControlMaster"
+FRESH_SSHD = "OpenSSH, fresh sshd -i"
+DIRECT = "direct OpenSSH"
+TOOL = "condor_ssh_to_job JOB true"
+NEGOTIATION_ONLY = "negotiation only (-ssh true)"
+IDLE_RSS = "idle daemon"
+PER_CLIENT = "per idle client connection"
+IDLE_CPU = "daemon with idle clients"
+
+TARGETS = [
+    Target("warm connect <= 1.5x OpenSSH ControlMaster", "warm_connect", RELAY, CONTROLMASTER, 1.5, False),
+    Target("cold connect within 10% of condor_ssh_to_job", "cold_connect", RELAY_COLD, TOOL, 1.1, False),
+    Target("repeated connections >= 10x faster than condor_ssh_to_job", "repeated", TOOL, RELAY, 10, True),
+    Target("1 GiB upload >= 0.5x direct OpenSSH", "upload", RELAY, DIRECT, 0.5, True),
+    Target("1 GiB download >= 0.5x direct OpenSSH", "download", RELAY, DIRECT, 0.5, True),
+    Target("idle daemon RSS < 60 MiB", "rss", IDLE_RSS, None, 60, False),
+    Target("< 200 KiB per idle client connection", "rss_per_client", PER_CLIENT, None, 200, False),
+    Target("no CPU when idle (30 s)", "idle_cpu", IDLE_CPU, None, 0.01, False),
+]

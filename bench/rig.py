@@ -1,0 +1,129 @@
+"""The bench's rig: one sandbox job, reached the ways a user could reach it.
+
+- `relay`: through relayd and the ssh config it generates (the tests' `Relay`);
+- `direct`: OpenSSH to an sshd equivalent to the job's -- the same binary, sshd_config,
+  key and forced command the sandbox starter sets up -- run as `sshd -i` by ProxyCommand
+  for each connection, as the job user; `direct-cm` is the same through ControlMaster;
+- `condor_ssh_to_job`: the negotiator itself, once per call.
+"""
+
+from __future__ import annotations
+
+import os
+import shlex
+import shutil
+import subprocess
+import tempfile
+import time
+from pathlib import Path
+
+from relayd.sandbox import pool as sandbox
+from relayd.sandbox.layout import PoolLayout
+from relayd.sandbox.starter import SSHD, prepare_sshd_dir
+from tests.conftest import RELAYD, Home, Relay
+
+
+class CommandFailed(RuntimeError):
+    pass
+
+
+class Rig:
+    """Everything in one private temp dir; `close()` stops it all and removes it."""
+
+    def __init__(self, relayd: str = RELAYD) -> None:
+        self.root = Path(tempfile.mkdtemp(prefix="condor-relay-bench-"))
+        self.root.chmod(0o711)  # as root, the unprivileged job user must reach the pool
+        self.pool_dir = self.root / "pool"
+        sandbox.create_pool(self.pool_dir)
+        self.cluster, self.proc = sandbox.submit_job(self.pool_dir, status="running")
+        self.job_id = f"{self.cluster}.{self.proc}"
+        self.host = f"job-{self.job_id}.condor"
+        self.home = Home.make(self.root / "user")
+        self.env = self.home.env
+        self.relay = Relay(self.home, self.pool_dir, relayd)
+        self.direct_config = self.root / "direct_ssh_config"
+        self._write_direct_config()
+        self.cm_socket = self.root / "cm.sock"
+
+    # -- set-up ----------------------------------------------------------------------------
+
+    def start_relay(self, **settings: object) -> None:
+        """(Re)start the daemon with these config settings."""
+        self.relay.stop()
+        self.relay.configure(**settings)
+        self.relay.start()
+        self.relay_settings = settings
+
+    def _write_direct_config(self) -> None:
+        layout = PoolLayout(self.pool_dir)
+        ad = sandbox.load_ads(self.pool_dir)[0]
+        user, setup = prepare_sshd_dir(layout, layout.settings(), ad, slot_name=ad["RemoteHost"])
+        scratch = layout.scratch_dir(self.cluster, self.proc)
+        key = self.root / "direct_key"
+        key.write_bytes(setup.private_key)
+        key.chmod(0o600)
+        known_hosts = self.root / "direct_known_hosts"
+        known_hosts.write_bytes(b"direct " + setup.public_key)
+        sshd = [SSHD, "-i", "-e", "-f", str(setup.sshd_dir / "sshd_config")]
+        if os.geteuid() == 0:
+            sshd = ["setpriv", f"--reuid={user.uid}", f"--regid={user.gid}", "--init-groups", *sshd]
+        # ssh runs ProxyCommand with `exec`; env -C gives sshd the job's sandbox as cwd, as the starter does.
+        proxy = f"{shlex.join(['env', '-C', str(scratch), *sshd])} 2>>{shlex.quote(str(setup.sshd_dir / 'sshd.log'))}"
+        self.direct_config.write_text(
+            "Host direct-cm\n"
+            "    ControlMaster auto\n"
+            f"    ControlPath {self.root}/cm.sock\n"
+            "    ControlPersist 600\n"
+            "Host direct direct-cm\n"
+            f"    ProxyCommand {proxy}\n"
+            f"    User {setup.remote_user}\n"
+            f"    IdentityFile {key}\n"
+            "    IdentitiesOnly yes\n"
+            "    HostKeyAlias direct\n"
+            f"    UserKnownHostsFile {known_hosts}\n"
+            "    StrictHostKeyChecking yes\n"
+            "    ControlMaster no\n"
+            "    ControlPath none\n"
+        )
+
+    def close(self) -> None:
+        subprocess.run(self.ssh("direct-cm", "-O", "exit"), env=self.env, capture_output=True)
+        self.relay.stop()
+        sandbox.stop_pool(self.pool_dir)
+        shutil.rmtree(self.root, ignore_errors=True)
+
+    # -- commands --------------------------------------------------------------------------
+
+    def ssh(self, host: str, *args: str) -> list[str]:
+        """ssh argv for `host`: the relay's job name, `direct` or `direct-cm`."""
+        config = self.relay.ssh_config if host.endswith(".condor") else self.direct_config
+        return ["ssh", "-F", str(config), host, *args]
+
+    def condor_ssh_to_job(self, *args: str) -> list[str]:
+        return [str(self.pool_dir / "bin" / "condor_ssh_to_job"), self.job_id, *args]
+
+    def run(self, argv: list[str], **kw: object) -> float:
+        """Run argv to completion and return its wall time; raises CommandFailed."""
+        kw.setdefault("stdin", subprocess.DEVNULL)
+        kw.setdefault("timeout", 600)
+        kw.setdefault("stdout", subprocess.DEVNULL)
+        start = time.perf_counter()
+        done = subprocess.run(argv, env=self.env, stderr=subprocess.PIPE, **kw)  # type: ignore[call-overload]
+        elapsed = time.perf_counter() - start
+        if done.returncode != 0:
+            raise CommandFailed(f"{shlex.join(argv)} exited {done.returncode}: {done.stderr.decode(errors='replace')}")
+        return elapsed
+
+    def relay_pid(self) -> int:
+        assert self.relay.process is not None
+        return self.relay.process.pid
+
+    def upstream_open(self) -> bool:
+        return bool(sandbox.sshd_pids(self.pool_dir, self.cluster, self.proc))
+
+    def wait_upstream_closed(self, timeout: float = 30) -> None:
+        deadline = time.monotonic() + timeout
+        while self.upstream_open():
+            if time.monotonic() > deadline:
+                raise CommandFailed("the relay kept its upstream open past idle_timeout")
+            time.sleep(0.05)

@@ -1,0 +1,208 @@
+"""The measurements. Contenders run interleaved, sample by sample, so that load from
+colleagues on a shared machine hits them alike."""
+
+from __future__ import annotations
+
+import os
+import random
+import subprocess
+import sys
+import time
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+from bench.results import (
+    CONTROLMASTER,
+    DIRECT,
+    FRESH_SSHD,
+    IDLE_CPU,
+    IDLE_RSS,
+    NEGOTIATION_ONLY,
+    PER_CLIENT,
+    RELAY,
+    RELAY_COLD,
+    RELAY_MUX,
+    TOOL,
+    Scenario,
+    Series,
+)
+from bench.rig import CommandFailed, Rig
+from relayd.sandbox import pool as sandbox
+
+MiB = 1024 * 1024
+
+
+def warm_connect(rig: Rig, repeat: int) -> Scenario:
+    """`ssh HOST true` with the connection to the job already there.
+
+    Also the relay behind ssh's own ControlMaster, which the generated block turns off
+    (`ssh -o ControlMaster=auto ...` on the command line wins over it).
+    """
+    relay, master, fresh, relay_mux = Series(RELAY), Series(CONTROLMASTER), Series(FRESH_SSHD), Series(RELAY_MUX)
+    mux = ["-o", "ControlMaster=auto", "-o", f"ControlPath={rig.root}/relay-cm.sock", "-o", "ControlPersist=60"]
+    contenders = [(relay, rig.ssh(rig.host, "true")), (master, rig.ssh("direct-cm", "true")),
+                  (fresh, rig.ssh("direct", "true")), (relay_mux, rig.ssh(rig.host)[:-1] + mux + [rig.host, "true"])]
+    for _, argv in contenders:
+        rig.run(argv)
+    for _ in range(repeat):
+        for series, argv in contenders:
+            series.samples.append(rig.run(argv))
+    rig.run(rig.ssh(rig.host)[:-1] + mux + ["-O", "exit", rig.host])
+    return Scenario("warm_connect", "warm connect: ssh HOST true", "s", [relay, master, fresh, relay_mux])
+
+
+def cold_connect(rig: Rig, repeat: int) -> Scenario:
+    """The first connection to a job, negotiation included, against the negotiator."""
+    relay, tool, negotiation = Series(RELAY_COLD), Series(TOOL), Series(NEGOTIATION_ONLY)
+    for _ in range(repeat):
+        rig.wait_upstream_closed()
+        relay.samples.append(rig.run(rig.ssh(rig.host, "true")))
+        tool.samples.append(rig.run(rig.condor_ssh_to_job("true")))
+        negotiation.samples.append(rig.run(rig.condor_ssh_to_job()[:1] + ["-ssh", "true", rig.job_id]))
+    return Scenario("cold_connect", "cold connect: ssh HOST true, negotiating", "s", [relay, tool, negotiation])
+
+
+def repeated(rig: Rig, repeat: int, negotiation_delay: float) -> Scenario:
+    """Connection after connection, with schedd and starter round trips costing time."""
+    sandbox.configure_pool(rig.pool_dir, negotiation_delay=negotiation_delay)
+    try:
+        relay, tool = Series(RELAY), Series(TOOL)
+        rig.run(rig.ssh(rig.host, "true"))
+        for _ in range(repeat):
+            relay.samples.append(rig.run(rig.ssh(rig.host, "true")))
+            tool.samples.append(rig.run(rig.condor_ssh_to_job("true")))
+    finally:
+        sandbox.configure_pool(rig.pool_dir, negotiation_delay=0.0)
+    title = f"repeated connections, negotiation costing {negotiation_delay:g} s: time per call"
+    return Scenario("repeated", title, "s", [relay, tool])
+
+
+def bulk(rig: Rig, repeat: int, size: int) -> list[Scenario]:
+    """Upload and download `size` bytes of zeros (ssh compresses nothing by default)."""
+    hosts = {RELAY: rig.host, DIRECT: "direct-cm"}
+    up = {name: Series(name) for name in hosts}
+    down = {name: Series(name) for name in hosts}
+    for name, host in hosts.items():
+        rig.run(rig.ssh(host, "true"))
+    for _ in range(repeat):
+        for name, host in hosts.items():
+            up[name].samples.append(size / MiB / _upload(rig, host, size))
+            down[name].samples.append(size / MiB / rig.run(rig.ssh(host, f"head -c {size} /dev/zero")))
+    label = f"{size / MiB / 1024:g} GiB" if size >= 1024 * MiB else f"{size / MiB:g} MiB"
+    return [Scenario("upload", f"upload {label}: ssh HOST 'cat >/dev/null'", "MiB/s", list(up.values())),
+            Scenario("download", f"download {label}: ssh HOST 'head -c N /dev/zero'", "MiB/s", list(down.values()))]
+
+
+def _upload(rig: Rig, host: str, size: int) -> float:
+    source = subprocess.Popen(["head", "-c", str(size), "/dev/zero"], stdout=subprocess.PIPE)
+    try:
+        return rig.run(rig.ssh(host, "cat >/dev/null"), stdin=source.stdout)
+    finally:
+        assert source.stdout is not None
+        source.stdout.close()
+        source.wait()
+
+
+def rsync_tree(rig: Rig, repeat: int, files: int) -> Scenario:
+    """rsync -a of a fresh tree of small files, to a new destination each time."""
+    tree = _small_file_tree(rig.root / "tree", files)
+    contenders = {RELAY: (rig.relay.ssh_config, rig.host), DIRECT: (rig.direct_config, "direct-cm")}
+    series = {name: Series(name) for name in contenders}
+    for i in range(repeat):
+        for n, (name, (config, host)) in enumerate(contenders.items()):
+            argv = ["rsync", "-a", "-e", f"ssh -F {config}", f"{tree}/", f"{host}:rsync-{i}-{n}/"]
+            series[name].samples.append(rig.run(argv))
+    return Scenario("rsync", f"rsync -a of {files} small files (1-16 KiB)", "s", list(series.values()))
+
+
+def _small_file_tree(root: Path, files: int) -> Path:
+    rng = random.Random(6)
+    for i in range(files):
+        path = root / f"d{i % 20}" / f"f{i}.bin"
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_bytes(rng.randbytes(rng.randint(1024, 16 * 1024)))
+    return root
+
+
+def concurrent_sessions(rig: Rig, sessions: int) -> Scenario:
+    """`sessions` ssh sessions at once on one job (sshd allows 10 per connection)."""
+    def one(i: int) -> float:
+        return rig.run(rig.ssh(rig.host, f"sleep 1; echo {i}"))
+
+    start = time.perf_counter()
+    with ThreadPoolExecutor(sessions) as pool:
+        list(pool.map(one, range(sessions)))
+    elapsed = time.perf_counter() - start
+    return Scenario("concurrent", f"{sessions} concurrent sessions of 'sleep 1' on one job: wall time", "s",
+                    [Series(RELAY, [elapsed])])
+
+
+def memory_and_idle_cpu(rig: Rig, clients: int, idle_seconds: float) -> list[Scenario]:
+    """RSS idle and with `clients` idle client connections; CPU used while they idle.
+
+    Idle RSS is taken twice: after everything before (the heap keeps what bulk transfers
+    grew it to) and on a restarted daemon with one upstream, from which the per-client
+    figure is measured (a grown heap would hide what new connections take).
+    """
+    rig.run(rig.ssh(rig.host, "true"))
+    after_load = _rss_kib(rig.relay_pid())
+    rig.start_relay(**rig.relay_settings)
+    rig.run(rig.ssh(rig.host, "true"))
+    pid = rig.relay_pid()
+    idle = _rss_kib(pid)
+    held = [_idle_client(rig) for _ in range(clients)]
+    try:
+        for client in held:
+            if client.stdout is None or client.stdout.readline() != b"ready\n":
+                raise CommandFailed(f"an idle client did not connect: {client.args}")
+        loaded = _rss_kib(pid)
+        before = _cpu_seconds(pid)
+        time.sleep(idle_seconds)
+        cpu = _cpu_seconds(pid) - before
+    finally:
+        for client in held:
+            client.terminate()
+            client.wait()
+    return [
+        Scenario("rss", "daemon RSS", "MiB", [Series(IDLE_RSS, [idle / 1024]),
+                                             Series(f"with {clients} idle client connections", [loaded / 1024]),
+                                             Series("idle after the scenarios above", [after_load / 1024])]),
+        Scenario("rss_per_client", "daemon RSS per idle client connection", "KiB",
+                 [Series(PER_CLIENT, [(loaded - idle) / clients])]),
+        Scenario("idle_cpu", f"daemon CPU over {idle_seconds:g} s with {clients} idle clients", "s",
+                 [Series(IDLE_CPU, [cpu])]),
+    ]
+
+
+def _idle_client(rig: Rig) -> subprocess.Popen[bytes]:
+    """An ssh connection with no channel, which says `ready` once it is authenticated."""
+    argv = rig.ssh(rig.host)[:-1] + ["-N", "-o", "PermitLocalCommand=yes", "-o", "LocalCommand=echo ready", rig.host]
+    return subprocess.Popen(argv, env=rig.env, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
+                            stderr=subprocess.DEVNULL)
+
+
+def _rss_kib(pid: int) -> int:
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1])
+    raise CommandFailed(f"no VmRSS for pid {pid}")
+
+
+def _cpu_seconds(pid: int) -> float:
+    raw = Path(f"/proc/{pid}/stat").read_text()
+    fields = raw[raw.rindex(")") + 2:].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def helper_startup(rig: Rig, repeat: int) -> Scenario:
+    """`relayd connect` start-up: it runs before every ssh connection."""
+    helper = [rig.relay.relayd, "connect", "--socket", str(rig.root / "absent.sock"), rig.host]
+    bare = [sys.executable, "-c", "pass"]
+    runs = {"relayd connect (to no daemon)": helper, "python -c pass": bare}
+    series = {name: Series(name) for name in runs}
+    for _ in range(repeat):
+        for name, argv in runs.items():
+            start = time.perf_counter()
+            subprocess.run(argv, env=rig.env, capture_output=True)
+            series[name].samples.append(time.perf_counter() - start)
+    return Scenario("helper", "ProxyCommand helper start-up", "s", list(series.values()))

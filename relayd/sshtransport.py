@@ -1,0 +1,190 @@
+"""The packet layer both legs use in place of Conch's: faster, AEAD and EtM, strict kex.
+
+`PacketTransport` goes before Conch's SSHServerTransport or SSHClientTransport in a class's
+bases. It keeps Conch's key exchange and message dispatch and replaces what is slow or
+missing underneath:
+
+- the algorithms of relayd.packetcrypto (AES-GCM, chacha20-poly1305, EtM HMACs), in place
+  of Conch's SSHCiphers;
+- receiving: Conch appends every read to one bytes buffer and slices the rest off after
+  each packet, copying the remainder once per packet (quadratic in the read size); here a
+  read is cut into packets through a memoryview, and only a packet that straddles two
+  reads is copied;
+- OpenSSH's strict key exchange (kex-strict-*-v00@openssh.com, the Terrapin fix), which
+  chacha20-poly1305 and the EtM MACs need: the peer's KEXINIT must come first, nothing
+  but key exchange messages may come before the first NEWKEYS, and sequence numbers
+  restart at 0 after each NEWKEYS;
+- no compression: the client leg is a local socket and the job's sshd (HTCondor's
+  template) offers none, so zlib would only cost CPU.
+"""
+
+from __future__ import annotations
+
+from twisted.conch.ssh import transport
+from twisted.conch.ssh.common import getNS
+
+from relayd import packetcrypto
+
+# Key exchange messages (RFC 4253 section 12): all that strict kex lets through before
+# the first NEWKEYS, with DISCONNECT.
+_KEX_MESSAGES = frozenset({transport.MSG_DISCONNECT, transport.MSG_KEXINIT, transport.MSG_NEWKEYS, *range(30, 50)})
+_STRICT_CLIENT = b"kex-strict-c-v00@openssh.com"
+_STRICT_SERVER = b"kex-strict-s-v00@openssh.com"
+# Bytes per read and per send; Twisted's defaults (64 KiB and 128 KiB: two and four
+# 32 KiB packets) cost a reactor round and a system call for every few packets.
+IO_SIZE = 256 * 1024
+
+
+class _Algorithms:
+    """One key exchange's negotiated algorithms and, once keyed, their sealer and opener.
+
+    Stands where Conch keeps an SSHCiphers (nextEncryptions, currentEncryptions), with
+    the attributes Conch reads from it.
+    """
+
+    def __init__(self, outCipType: bytes, inCipType: bytes, outMACType: bytes, inMACType: bytes) -> None:
+        self.outCipType, self.inCipType = outCipType, inCipType
+        self.outMACType, self.inMACType = outMACType, inMACType
+        self.encBlockSize = 0  # Conch's client checks it to learn whether keys are set
+        self.sealer: packetcrypto.Sealer = packetcrypto.Plain()
+        self.opener: packetcrypto.Opener = packetcrypto.Plain()
+
+    def setKeys(self, outIV: bytes, outKey: bytes, inIV: bytes, inKey: bytes, outInteg: bytes, inInteg: bytes) -> None:
+        self.sealer = packetcrypto.sealer(self.outCipType, self.outMACType, outKey, outIV, outInteg)
+        self.opener = packetcrypto.opener(self.inCipType, self.inMACType, inKey, inIV, inInteg)
+        self.encBlockSize = self.sealer.block
+
+
+class PacketTransport(transport.SSHTransportBase):
+    """The packet layer; list it before Conch's server or client transport in the bases."""
+
+    supportedCiphers = packetcrypto.CIPHERS
+    supportedMACs = packetcrypto.MACS
+    supportedCompressions = [b"none"]
+
+    _sealer: packetcrypto.Sealer
+    _rest = b""  # the start of a packet not yet complete
+    _packet_size: int | None = None  # its wire size, once known
+    _strict = False
+    _initial_kex = True  # until the first NEWKEYS from the peer
+    _seen_kexinit = False
+
+    def connectionMade(self) -> None:
+        strict = _STRICT_CLIENT if self.isClient else _STRICT_SERVER
+        self.supportedKeyExchanges = [*type(self).supportedKeyExchanges, strict]
+        self._sealer = packetcrypto.Plain()
+        self.transport.bufferSize = IO_SIZE
+        self.transport.SEND_LIMIT = IO_SIZE
+        super().connectionMade()  # sends our KEXINIT
+        self.currentEncryptions = _Algorithms(b"none", b"none", b"none", b"none")
+
+    # -- sending ---------------------------------------------------------------------------
+
+    def sendPacket(self, messageType: int, payload: bytes) -> None:
+        if self._keyExchangeState != self._KEY_EXCHANGE_NONE and not self._allowedKeyExchangeMessageType(messageType):
+            self._blockedByKeyExchange.append((messageType, payload))
+            return
+        self.transport.writeSequence(self._sealer.seal(self.outgoingPacketSequence, messageType, payload))
+        self.outgoingPacketSequence = (self.outgoingPacketSequence + 1) & 0xFFFFFFFF
+        if messageType == transport.MSG_NEWKEYS:
+            # RFC 4253 7.3: what we send after NEWKEYS uses the new keys.
+            self._sealer = self.nextEncryptions.sealer
+            if self._strict:
+                self.outgoingPacketSequence = 0
+
+    def _keySetup(self, sharedSecret: bytes, exchangeHash: bytes) -> None:
+        negotiated = self.nextEncryptions
+        self.nextEncryptions = _Algorithms(negotiated.outCipType, negotiated.inCipType, negotiated.outMACType,
+                                           negotiated.inMACType)
+        super()._keySetup(sharedSecret, exchangeHash)
+
+    # -- receiving -------------------------------------------------------------------------
+
+    def getPacket(self) -> None:
+        """Called by Conch's dataReceived after the version line: take what followed it."""
+        leftover, self.buf = self.buf, b""
+        if leftover:
+            self._receive(leftover)
+
+    def dataReceived(self, data: bytes) -> None:
+        if self.gotVersion:
+            self._receive(data)
+        else:
+            super().dataReceived(data)
+
+    def _receive(self, data: bytes) -> None:
+        view = memoryview(data)
+        try:
+            if self._rest:
+                view = self._finish_rest(view)
+                if self._rest:
+                    return  # still incomplete: all of `view` went into it
+            pos = 0
+            while pos < len(view) and not self.transport.disconnecting:
+                size = self._size(view[pos:])
+                if size is None or len(view) - pos < size:
+                    break
+                self._dispatch_packet(view[pos : pos + size])
+                pos += size
+            self._rest = view[pos:].tobytes()
+        except packetcrypto.BadMac as exc:
+            self.sendDisconnect(transport.DISCONNECT_MAC_ERROR, str(exc).encode())
+        except packetcrypto.BadPacket as exc:
+            self.sendDisconnect(transport.DISCONNECT_PROTOCOL_ERROR, str(exc).encode())
+
+    def _finish_rest(self, view: memoryview) -> memoryview:
+        """Complete the packet an earlier read began, copying only its bytes; returns
+        what of `view` follows it."""
+        while True:
+            size = self._size(memoryview(self._rest))
+            wanted = self.currentEncryptions.opener.header if size is None else size
+            taken = min(wanted - len(self._rest), len(view))
+            self._rest += view[:taken]
+            view = view[taken:]
+            if len(self._rest) < wanted:
+                return view
+            if size is not None:
+                packet, self._rest = self._rest, b""
+                self._dispatch_packet(memoryview(packet))
+                return view
+
+    def _size(self, view: memoryview) -> int | None:
+        """The wire size of the packet `view` starts with; None until its header is there."""
+        if self._packet_size is None:
+            opener = self.currentEncryptions.opener
+            if len(view) < opener.header:
+                return None
+            self._packet_size = opener.length(self.incomingPacketSequence, view[: opener.header])
+        return self._packet_size
+
+    def _dispatch_packet(self, packet: memoryview) -> None:
+        seq = self.incomingPacketSequence
+        messageNum, payload = self.currentEncryptions.opener.open(seq, packet)
+        self._packet_size = None
+        self.incomingPacketSequence = (seq + 1) & 0xFFFFFFFF
+        self.dispatchMessage(messageNum, payload)
+
+    # -- strict key exchange ---------------------------------------------------------------
+
+    def ssh_KEXINIT(self, packet: bytes) -> None:
+        if not self._seen_kexinit:
+            self._seen_kexinit = True
+            theirs = _STRICT_SERVER if self.isClient else _STRICT_CLIENT
+            if theirs in getNS(packet[16:])[0].split(b","):
+                if self.incomingPacketSequence != 1:
+                    self.sendDisconnect(transport.DISCONNECT_PROTOCOL_ERROR,
+                                        b"strict kex: KEXINIT was not the first packet")
+                    return
+                self._strict = True
+        super().ssh_KEXINIT(packet)
+
+    def dispatchMessage(self, messageNum: int, payload: bytes) -> None:
+        if self._strict and self._initial_kex and messageNum not in _KEX_MESSAGES:
+            self.sendDisconnect(transport.DISCONNECT_PROTOCOL_ERROR,
+                                b"strict kex: unexpected message %d during the key exchange" % messageNum)
+            return
+        super().dispatchMessage(messageNum, payload)
+        if messageNum == transport.MSG_NEWKEYS:
+            self._initial_kex = False
+            if self._strict:
+                self.incomingPacketSequence = 0
