@@ -3,6 +3,8 @@
 Conch offers only CTR/CBC ciphers with encrypt-and-MAC HMACs. This adds the AEAD ciphers
 (chacha20-poly1305@openssh.com, aes128-gcm@openssh.com, aes256-gcm@openssh.com) and the
 encrypt-then-MAC HMACs (hmac-sha2-256-etm@openssh.com ...), all from `cryptography`.
+Conch's CBC ciphers, 3DES and hmac-md5 are left out: OpenSSH has not offered them by
+default for years, and HTCondor's sshd template allows only aes*-ctr.
 
 Each direction of a connection has a `Sealer` (outgoing) or an `Opener` (incoming) made
 from the negotiated names and the keys derived by the key exchange. Both work on whole
