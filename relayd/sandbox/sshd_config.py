@@ -56,7 +56,9 @@ HostbasedAuthentication no
 IgnoreRhosts yes
 IgnoreUserKnownHosts yes
 PrintLastLog yes
-Compression delayed
+Compression no
+ClientAliveInterval 600
+ClientAliveCountMax 0
 PidFile none
 """
 
