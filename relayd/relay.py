@@ -416,9 +416,7 @@ class Relay:
             self._client_channel_message(client, msgnum, payload)
         elif msgnum == CHANNEL_OPEN:
             self._client_open(client, payload)
-        elif msgnum == CHANNEL_OPEN_CONFIRMATION:
-            self._client_open_reply(client, msgnum, payload)
-        elif msgnum == CHANNEL_OPEN_FAILURE:
+        elif msgnum in (CHANNEL_OPEN_CONFIRMATION, CHANNEL_OPEN_FAILURE):
             self._client_open_reply(client, msgnum, payload)
         elif msgnum == GLOBAL_REQUEST:
             self._client_global_request(client, payload)

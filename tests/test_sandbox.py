@@ -366,12 +366,16 @@ def test_remove_on_interrupt_removes_the_job(pool):
 
 # --- the pool ---------------------------------------------------------------------------
 
+def _sleeping_session(pool: Path) -> subprocess.Popen:
+    """A user's condor_ssh_to_job session to job 1.0 that sleeps, holding its sshd."""
+    return subprocess.Popen([str(pool / "bin" / "condor_ssh_to_job"), *SSH, *FAST, "1.0", "sleep 30"],
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+
+
 def test_leaving_running_kills_the_job_and_its_sshds(pool, client_env):
     submit_job(pool)
     job_pid, = job_pids(pool, 1, 0)
-    session = subprocess.Popen([str(pool / "bin" / "condor_ssh_to_job"), *SSH, *FAST,
-                                "1.0", "sleep 30"], stdout=subprocess.DEVNULL,
-                               stderr=subprocess.DEVNULL)
+    session = _sleeping_session(pool)
     wait_for(lambda: sshd_pids(pool, 1, 0))
     sshd_pid, = sshd_pids(pool, 1, 0)
     sshd_dir = pool / "execute" / "dir_1_0" / ".condor_ssh_to_job_1"
@@ -390,10 +394,7 @@ def test_leaving_running_kills_the_job_and_its_sshds(pool, client_env):
 def test_a_completed_job_leaves_its_sshds_running(pool, client_env):
     """As on a real pool: the job exits, its sshds (and so the slot's claim) live on."""
     submit_job(pool)
-    job_pid, = job_pids(pool, 1, 0)
-    session = subprocess.Popen([str(pool / "bin" / "condor_ssh_to_job"), *SSH, *FAST,
-                                "1.0", "sleep 30"], stdout=subprocess.DEVNULL,
-                               stderr=subprocess.DEVNULL)
+    session = _sleeping_session(pool)
     try:
         wait_for(lambda: sshd_pids(pool, 1, 0))
         set_status(pool, 1, 0, "completed")
