@@ -16,7 +16,7 @@ HOST_KEY_ALIAS = "condor-relay"
 log = Logger()
 
 
-def _write_private(path: Path, data: bytes, what: str) -> None:
+def write_private(path: Path, data: bytes, what: str) -> None:
     """Write a file that only the owner can read, never readable by others even briefly,
     and never left half-written: a failed write removes its temp file and says why."""
     tmp = path.with_name(path.name + ".tmp")
@@ -55,8 +55,8 @@ def load_or_create(key_path: Path, known_hosts: Path) -> keys.Key:
         key = _load(key_path)
     else:
         key = keys.Key(ed25519.Ed25519PrivateKey.generate())
-        _write_private(key_path, key.toString("OPENSSH"), "the host key")
+        write_private(key_path, key.toString("OPENSSH"), "the host key")
     line = f"{HOST_KEY_ALIAS} {key.public().toString('OPENSSH').decode()}\n"
     if not known_hosts.exists() or known_hosts.read_bytes() != line.encode():
-        _write_private(known_hosts, line.encode(), "the known_hosts file")
+        write_private(known_hosts, line.encode(), "the known_hosts file")
     return key

@@ -7,11 +7,13 @@ relay's state; a changed key is refused, as OpenSSH does with StrictHostKeyCheck
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 from typing import Protocol
 
 from twisted.conch.ssh import keys
+
+from relayd.hostkey import write_private
+from relayd.paths import UnusablePath
 
 
 class HostKeyRefused(Exception):
@@ -63,10 +65,7 @@ class TrustOnFirstUse:
     def _pin(self, key: keys.Key) -> None:
         line = f"{self._host} {key.toString('OPENSSH').decode()}\n"
         old = self._store.read_text() if self._store.exists() else ""
-        tmp = self._store.with_name(self._store.name + ".tmp")
-        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-        with os.fdopen(fd, "w") as out:
-            out.write(old + line)
-            out.flush()
-            os.fsync(out.fileno())
-        os.replace(tmp, self._store)
+        try:
+            write_private(self._store, (old + line).encode(), "the EC2 host key pins")
+        except UnusablePath as exc:  # an unrecorded key must not be trusted either
+            raise HostKeyRefused(str(exc)) from None
