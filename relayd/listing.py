@@ -6,7 +6,8 @@ import time
 from dataclasses import dataclass
 
 from relayd.config import Config
-from relayd.lookup import RUNNING, Action, Ad, LookupFailed, assess, duration, make_source
+from relayd.humanize import duration
+from relayd.lookup import RUNNING, Action, Ad, LookupFailed, assess, make_source
 from relayd.names import JobName
 from relayd.tables import table
 

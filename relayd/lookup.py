@@ -15,6 +15,7 @@ from enum import Enum
 from typing import Any, Iterable, Protocol
 
 from relayd.config import Config, ScheddConfig
+from relayd.humanize import duration
 from relayd.names import JobName
 
 IDLE, RUNNING, REMOVED, COMPLETED, HELD, TRANSFERRING_OUTPUT, SUSPENDED = range(1, 8)
@@ -121,15 +122,6 @@ def ad_to_dict(ad: Any) -> Ad:
         if value is not None:
             out[key] = value if isinstance(value, (int, float, str, bool)) else str(value)
     return out
-
-
-def duration(seconds: float) -> str:
-    seconds = int(max(seconds, 0))
-    if seconds < 120:
-        return f"{seconds} s"
-    if seconds < 7200:
-        return f"{seconds // 60} min"
-    return f"{seconds // 3600} h {seconds % 3600 // 60} min"
 
 
 class Action(Enum):

@@ -16,8 +16,9 @@ from twisted.internet import task, threads
 
 from relayd.config import Config, ScheddConfig
 from relayd.ec2 import connect_instance
+from relayd.humanize import duration
 from relayd.jobs import Progress
-from relayd.lookup import Action, Ad, JobSource, assess, duration, find, make_source
+from relayd.lookup import Action, Ad, JobSource, assess, find, make_source
 from relayd.names import JobName
 from relayd.negotiate import Captures, Credentials, NegotiationFailed, Negotiator
 from relayd.paths import Paths

@@ -35,7 +35,7 @@ def test_running_job_is_negotiated():
 
 def test_idle_job_says_how_long():
     verdict = assess(JobName(33, 0), recorded(IDLE_AD), NOW)
-    assert verdict.action is Action.WAIT and verdict.message == "job 33.0 is idle for 61 min"
+    assert verdict.action is Action.WAIT and verdict.message == "job 33.0 is idle for 1 h 01 min"
 
 
 def test_held_job_gives_the_reason():
