@@ -53,9 +53,9 @@ class Target:
 
 
 # Series names used by the scenarios and the targets.
-RELAY = "relay"
+RELAY = "relay"  # through the generated block: ssh's ControlMaster in front of the relay
 RELAY_COLD = "relay, first connection"
-RELAY_MUX = "relay behind ssh's ControlMaster (opt-in)"
+RELAY_ALONE = "relay, each ssh its own connection (ssh_multiplexing: false)"
 CONTROLMASTER = "OpenSSH ControlMaster"
 FRESH_SSHD = "OpenSSH, fresh sshd -i"
 DIRECT = "direct OpenSSH"

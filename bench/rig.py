@@ -1,6 +1,8 @@
 """The bench's rig: one sandbox job, reached the ways a user could reach it.
 
-- `relay`: through relayd and the ssh config it generates (the tests' `Relay`);
+- `relay`: through relayd and the ssh config it generates (the tests' `Relay`), which puts
+  ssh's ControlMaster in front of the relay (its control sockets need a short
+  XDG_RUNTIME_DIR, as a unix socket path holds at most 107 bytes);
 - `direct`: OpenSSH to an sshd equivalent to the job's -- the same binary, sshd_config,
   key and forced command the sandbox starter sets up -- run as `sshd -i` by ProxyCommand
   for each connection, as the job user; `direct-cm` is the same through ControlMaster;
@@ -39,6 +41,8 @@ class Rig:
         self.job_id = f"{self.cluster}.{self.proc}"
         self.host = f"job-{self.job_id}.condor"
         self.home = Home.make(self.root / "user")
+        self.runtime_dir = tempfile.mkdtemp(prefix="crb-")
+        self.home.env["XDG_RUNTIME_DIR"] = self.runtime_dir
         self.env = self.home.env
         self.relay = Relay(self.home, self.pool_dir, relayd)
         self.direct_config = self.root / "direct_ssh_config"
@@ -91,6 +95,7 @@ class Rig:
         self.relay.stop()
         sandbox.stop_pool(self.pool_dir)
         shutil.rmtree(self.root, ignore_errors=True)
+        shutil.rmtree(self.runtime_dir, ignore_errors=True)
 
     # -- commands --------------------------------------------------------------------------
 
@@ -98,6 +103,11 @@ class Rig:
         """ssh argv for `host`: the relay's job name, `direct` or `direct-cm`."""
         config = self.relay.ssh_config if host.endswith(".condor") else self.direct_config
         return ["ssh", "-F", str(config), host, *args]
+
+    def ssh_alone(self, *args: str) -> list[str]:
+        """ssh argv for the job through the relay without ssh's ControlMaster (a client of its own)."""
+        return ["ssh", "-F", str(self.relay.ssh_config), "-o", "ControlMaster=no", "-o", "ControlPath=none",
+                self.host, *args]
 
     def condor_ssh_to_job(self, *args: str) -> list[str]:
         return [str(self.pool_dir / "bin" / "condor_ssh_to_job"), self.job_id, *args]

@@ -20,8 +20,8 @@ from bench.results import (
     NEGOTIATION_ONLY,
     PER_CLIENT,
     RELAY,
+    RELAY_ALONE,
     RELAY_COLD,
-    RELAY_MUX,
     TOOL,
     Scenario,
     Series,
@@ -35,20 +35,18 @@ MiB = 1024 * 1024
 def warm_connect(rig: Rig, repeat: int) -> Scenario:
     """`ssh HOST true` with the connection to the job already there.
 
-    Also the relay behind ssh's own ControlMaster, which the generated block turns off
-    (`ssh -o ControlMaster=auto ...` on the command line wins over it).
+    The relay as generated (ssh's ControlMaster in front) and with each ssh a client of
+    its own (`ssh_multiplexing: false`, or tools that pass their own ControlMaster options).
     """
-    relay, master, fresh, relay_mux = Series(RELAY), Series(CONTROLMASTER), Series(FRESH_SSHD), Series(RELAY_MUX)
-    mux = ["-o", "ControlMaster=auto", "-o", f"ControlPath={rig.root}/relay-cm.sock", "-o", "ControlPersist=60"]
+    relay, master, fresh, alone = Series(RELAY), Series(CONTROLMASTER), Series(FRESH_SSHD), Series(RELAY_ALONE)
     contenders = [(relay, rig.ssh(rig.host, "true")), (master, rig.ssh("direct-cm", "true")),
-                  (fresh, rig.ssh("direct", "true")), (relay_mux, rig.ssh(rig.host)[:-1] + mux + [rig.host, "true"])]
+                  (fresh, rig.ssh("direct", "true")), (alone, rig.ssh_alone("true"))]
     for _, argv in contenders:
         rig.run(argv)
     for _ in range(repeat):
         for series, argv in contenders:
             series.samples.append(rig.run(argv))
-    rig.run(rig.ssh(rig.host)[:-1] + mux + ["-O", "exit", rig.host])
-    return Scenario("warm_connect", "warm connect: ssh HOST true", "s", [relay, master, fresh, relay_mux])
+    return Scenario("warm_connect", "warm connect: ssh HOST true", "s", [relay, master, fresh, alone])
 
 
 def cold_connect(rig: Rig, repeat: int) -> Scenario:
@@ -129,6 +127,7 @@ def concurrent_sessions(rig: Rig, sessions: int) -> Scenario:
     def one(i: int) -> float:
         return rig.run(rig.ssh(rig.host, f"sleep 1; echo {i}"))
 
+    rig.run(rig.ssh(rig.host, "true"))  # the job's master: the sessions are its mux clients
     start = time.perf_counter()
     with ThreadPoolExecutor(sessions) as pool:
         list(pool.map(one, range(sessions)))
@@ -175,8 +174,8 @@ def memory_and_idle_cpu(rig: Rig, clients: int, idle_seconds: float) -> list[Sce
 
 
 def _idle_client(rig: Rig) -> subprocess.Popen[bytes]:
-    """An ssh connection with no channel, which says `ready` once it is authenticated."""
-    argv = rig.ssh(rig.host)[:-1] + ["-N", "-o", "PermitLocalCommand=yes", "-o", "LocalCommand=echo ready", rig.host]
+    """A connection of its own with no channel, which says `ready` once it is authenticated."""
+    argv = rig.ssh_alone()[:-1] + ["-N", "-o", "PermitLocalCommand=yes", "-o", "LocalCommand=echo ready", rig.host]
     return subprocess.Popen(argv, env=rig.env, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
                             stderr=subprocess.DEVNULL)
 

@@ -37,12 +37,24 @@ _PLAIN_WORD = re.compile(r"[A-Za-z0-9_./+,:@=-]+\Z")
 _UNQUOTABLE = set('"$`\\%!') | {chr(c) for c in range(32)}
 
 
+# ssh binds its control socket as "<ControlPath>.<16 random characters>" first, and a unix
+# socket path holds at most 107 bytes on Linux (103 on macOS).
+_MAX_CONTROL_PATH = 103 - 17
+
+
 @dataclass(frozen=True)
 class BlockSettings:
     domain: str
     relayd: str  # absolute path of the relayd executable
     socket: str
     known_hosts: str
+    multiplexing: bool = True  # ssh's ControlMaster in front of the relay (config: ssh_multiplexing)
+    control_persist: int = 30  # seconds a master without sessions stays (the daemon's idle_timeout)
+
+    @property
+    def control_path(self) -> str:
+        """Where ssh's master for a job listens: next to the daemon's socket, private to the user."""
+        return os.path.join(os.path.dirname(self.socket), "mux-%C")
 
 
 @dataclass(frozen=True)
@@ -94,6 +106,30 @@ def _pinning(known_hosts: str) -> list[str]:
     ]
 
 
+def _multiplexing(settings: BlockSettings) -> list[str]:
+    """One ssh master per job: a warm `ssh` then costs a mux request, not a helper and a key exchange.
+
+    The master lingers `control_persist` seconds after its last session, as the daemon keeps
+    an upstream `idle_timeout` seconds after its last channel: the job's slot is released
+    as soon as without a master.
+    """
+    directory = os.path.dirname(settings.control_path)
+    if not settings.multiplexing:
+        why = "ssh_multiplexing is false"
+    elif len(settings.control_path.replace("%C", "0" * 40).encode()) > _MAX_CONTROL_PATH:
+        why = f"{directory} is too long a path for ssh's control sockets"
+    elif not _PLAIN_WORD.match(directory):
+        why = f"{directory} has characters ssh_config would change in a ControlPath"
+    else:
+        return [
+            "    # one connection per job, shared by every ssh (ControlPersist: the daemon's idle_timeout)",
+            "    ControlMaster auto",
+            f"    ControlPath {settings.control_path}",
+            f"    ControlPersist {settings.control_persist}",
+        ]
+    return [f"    # each ssh connects on its own: {why}", "    ControlMaster no", "    ControlPath none"]
+
+
 def render(settings: BlockSettings, hosts: list[str] | None = None) -> str:
     """The managed block, markers included, ending with a newline.
 
@@ -109,8 +145,7 @@ def render(settings: BlockSettings, hosts: list[str] | None = None) -> str:
         f"    ProxyCommand {proxy} %h %p",
         "    ProxyUseFdpass yes",
         *_pinning(settings.known_hosts),
-        "    ControlMaster no",
-        "    ControlPath none",
+        *_multiplexing(settings),
         "    # ssh's default, chacha20-poly1305, costs relayd a quarter more CPU than AES-GCM",
         f"    Ciphers {LOCAL_LEG_CIPHERS}",
     ]

@@ -55,6 +55,8 @@ def _job_rows(config: Config) -> tuple[list[JobRow], list[str]]:
 
 
 def _local_block(paths: Paths, config: Config, hosts: list[str] | None = None) -> str:
+    import math
+
     from clientconf import sshconfig
 
     return sshconfig.render(
@@ -63,6 +65,8 @@ def _local_block(paths: Paths, config: Config, hosts: list[str] | None = None) -
             relayd=sshconfig.relayd_executable(),
             socket=str(paths.socket),
             known_hosts=str(paths.known_hosts),
+            multiplexing=config.ssh_multiplexing,
+            control_persist=math.ceil(config.idle_timeout),
         ),
         hosts,
     )

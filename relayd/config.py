@@ -36,6 +36,7 @@ class Config:
     job_lookup: str = "htcondor"
     domain: str = "condor"
     idle_timeout: float = 30.0
+    ssh_multiplexing: bool = True  # the generated block lets ssh share one connection per job
     negotiation_timeout: float = 120.0
     sandbox_pool: str | None = None
     schedds: dict[str, ScheddConfig] = field(default_factory=dict)
@@ -82,6 +83,7 @@ _TYPES: dict[str, tuple[type, ...]] = {
     "job_lookup": (str,),
     "domain": (str,),
     "idle_timeout": _NUMBER,
+    "ssh_multiplexing": (bool,),
     "negotiation_timeout": _NUMBER,
     "sandbox_pool": (str,),
     "schedds": (dict,),
@@ -105,7 +107,8 @@ def _fail(path: Path, node: yaml.Node | None, message: str) -> ConfigError:
 
 
 def _kind(expected: tuple[type, ...]) -> str:
-    return {str: "string", dict: "mapping"}.get(expected[0], "number" if float in expected else "whole number")
+    kinds = {str: "a string", dict: "a mapping", bool: "true or false"}
+    return kinds.get(expected[0], "a number" if float in expected else "a whole number")
 
 
 def _load(path: Path, node: yaml.Node) -> Any:
@@ -120,8 +123,8 @@ def _value(path: Path, key: str, node: yaml.Node, expected: tuple[type, ...]) ->
     value = _load(path, node)
     if value is None and key in ("keygen_options", "shells", "ec2_user", "sandbox_pool"):
         return None  # an explicit null turns an optional setting off
-    if isinstance(value, bool) or not isinstance(value, expected):
-        raise _fail(path, node, f"{key} must be a {_kind(expected)}, not {value!r}")
+    if isinstance(value, bool) is not (bool in expected) or not isinstance(value, expected):
+        raise _fail(path, node, f"{key} must be {_kind(expected)}, not {value!r}")
     return value
 
 

@@ -9,10 +9,11 @@ from __future__ import annotations
 
 from twisted.conch.ssh import factory, keys, service, transport, userauth
 from twisted.conch.ssh.common import getNS
+from twisted.internet.interfaces import IDelayedCall
 from twisted.python.failure import Failure
 
 from relayd.jobs import JobSession
-from relayd.relay import Client, ProtocolViolation
+from relayd.relay import CHANNEL_CLOSE, Client, ProtocolViolation
 from relayd.sshtransport import PacketTransport
 from relayd.traffic import Traffic
 
@@ -43,6 +44,11 @@ class _ClientConnection(service.SSHService):
         self.transport.relay_from_client(messageNum, packet)
 
 
+# How long the relay waits for a client to close the sessions it closed (so that their last
+# words are written out) before it ends the connection.
+CLOSING_SECONDS = 1.0
+
+
 class ClientTransport(PacketTransport, transport.SSHServerTransport):
     """One ssh client's connection, bound to a job's session when the daemon said OK."""
 
@@ -50,6 +56,8 @@ class ClientTransport(PacketTransport, transport.SSHServerTransport):
     client: Client | None = None
     username = b""
     disconnect_reason: str | None = None  # why the relay ended this client, for the connection log
+    _closing = 0  # sessions the relay closed whose close the client has yet to answer
+    _closing_timer: IDelayedCall | None = None
 
     def __init__(self) -> None:
         self.traffic = Traffic()
@@ -62,6 +70,12 @@ class ClientTransport(PacketTransport, transport.SSHServerTransport):
         self.client = session.attach(self)
 
     def relay_from_client(self, messageNum: int, packet: bytes) -> None:
+        if self._closing_timer is not None:  # ended by the relay: only the closes count
+            if messageNum == CHANNEL_CLOSE and self._closing:
+                self._closing -= 1
+                if not self._closing:
+                    self._end()
+            return
         assert self.client is not None
         self.traffic.count_received(len(packet))
         try:
@@ -75,11 +89,26 @@ class ClientTransport(PacketTransport, transport.SSHServerTransport):
         self.traffic.count_sent(len(payload))
         self.sendPacket(msgnum, payload)
 
-    def disconnect(self, reason: str) -> None:
+    def disconnect(self, reason: str, closing: int = 0) -> None:
         self.disconnect_reason = reason
-        self.sendDisconnect(transport.DISCONNECT_BY_APPLICATION, reason.encode())
+        if closing:
+            from twisted.internet import reactor
+
+            self._closing = closing
+            self._closing_timer = reactor.callLater(CLOSING_SECONDS, self._end)
+        else:
+            self._end()
+
+    def _end(self) -> None:
+        self._closing = 0
+        if self._closing_timer is not None and self._closing_timer.active():
+            self._closing_timer.cancel()
+        assert self.disconnect_reason is not None
+        self.sendDisconnect(transport.DISCONNECT_BY_APPLICATION, self.disconnect_reason.encode())
 
     def connectionLost(self, reason: Failure | None = None) -> None:
+        if self._closing_timer is not None and self._closing_timer.active():
+            self._closing_timer.cancel()
         super().connectionLost(reason)
         if self.client is not None:
             self.session.detach(self.client)

@@ -4,6 +4,9 @@ The first client to ask for a job starts the session; clients that ask meanwhile
 for the same negotiation. More legs are negotiated only when sshd's MaxSessions is
 reached. Legs close when unused for `idle_timeout` (the first one once no client is
 attached), because a live sshd keeps the job's slot claimed even after the job exits.
+The first leg's clock starts at its last channel, not at its last client: an ssh
+ControlMaster stays attached `ControlPersist` seconds after its last session, and the slot
+should not wait for both.
 """
 
 from __future__ import annotations
@@ -51,6 +54,7 @@ class JobSession:
         self._connections: dict[Leg, UpstreamConnection] = {}
         self._legs: dict[UpstreamConnection, Leg] = {}
         self._timers: dict[Leg, object] = {}
+        self._quiet_since = 0.0  # when the first leg last had no channels
         self._waiters: list[tuple[defer.Deferred[JobSession], Progress]] = []
         self.ready = False
         self.relay = Relay(self._need_leg, self._leg_idle, max_sessions=max_sessions)
@@ -84,6 +88,7 @@ class JobSession:
                 waiter.errback(result)
         else:
             self.ready = True
+            self._quiet_since = self._reactor.seconds()
             self._arm_timer(self.relay.legs[0])
             for waiter, _ in self._waiters:
                 waiter.callback(self)
@@ -133,7 +138,9 @@ class JobSession:
     def detach(self, client: Client) -> None:
         self.relay.detach(client)
         if not self.relay.clients and self.relay.legs:
-            self._arm_timer(self.relay.legs[0])
+            first = self.relay.legs[0]
+            quiet = 0.0 if first.channels else self._reactor.seconds() - self._quiet_since
+            self._arm_timer(first, max(0.0, self._idle_timeout - quiet))
 
     # -- ending -------------------------------------------------------------------------------
 
@@ -171,12 +178,15 @@ class JobSession:
     # -- idle timers ------------------------------------------------------------------------
 
     def _leg_idle(self, leg: Leg) -> None:
-        if leg is not self.relay.legs[0]:
+        if leg is self.relay.legs[0]:
+            self._quiet_since = self._reactor.seconds()
+        else:
             self._arm_timer(leg)
 
-    def _arm_timer(self, leg: Leg) -> None:
+    def _arm_timer(self, leg: Leg, delay: float | None = None) -> None:
         self._cancel_timer(leg)
-        self._timers[leg] = self._reactor.callLater(self._idle_timeout, self._idle_expired, leg)
+        seconds = self._idle_timeout if delay is None else delay
+        self._timers[leg] = self._reactor.callLater(seconds, self._idle_expired, leg)
 
     def _cancel_timer(self, leg: Leg) -> None:
         timer = self._timers.pop(leg, None)
@@ -190,7 +200,7 @@ class JobSession:
             return
         if leg is legs[0]:
             if not self.relay.clients:
-                self.close(f"no clients for {self._idle_timeout:g} s")
+                self.close(f"unused for {self._idle_timeout:g} s")
         elif not leg.channels:
             self.relay.remove_leg(leg)
             self._connections[leg].close(f"unused for {self._idle_timeout:g} s")  # _leg_lost cleans up

@@ -38,6 +38,10 @@ CHANNEL_CLOSE = 97
 CHANNEL_REQUEST = 98
 CHANNEL_SUCCESS = 99
 CHANNEL_FAILURE = 100
+EXTENDED_DATA_STDERR = 1
+# Extra upstream connections negotiated at once for a burst of sessions: each is a round
+# trip through the schedd and the starter, which other users share.
+MAX_LEGS_IN_NEGOTIATION = 4
 
 OPEN_ADMINISTRATIVELY_PROHIBITED = 1
 OPEN_CONNECT_FAILED = 2
@@ -181,7 +185,8 @@ class ClientLink(Protocol):
 
     def send(self, msgnum: int, payload: bytes) -> None: ...
 
-    def disconnect(self, reason: str) -> None: ...
+    def disconnect(self, reason: str, closing: int = 0) -> None:
+        """End the connection; `closing` channels were just closed and await the client's close."""
 
 
 class LegLink(Protocol):
@@ -250,7 +255,7 @@ class Relay:
         self._channels: dict[int, Channel] = {}
         self._next_id = 0
         self._waiting: list[Channel] = []  # session opens waiting for a leg with room
-        self._leg_requested = False
+        self._legs_requested = 0  # need_leg calls not yet answered by add_leg or leg_failed
 
     # -- bookkeeping -------------------------------------------------------------------
 
@@ -275,16 +280,18 @@ class Relay:
         """A new upstream connection is ready: waiting session opens go to it."""
         leg = Leg(link, capacity=self._max_sessions)
         self._legs.append(leg)
-        self._leg_requested = False
+        self._legs_requested = max(0, self._legs_requested - 1)
         waiting, self._waiting = self._waiting, []
         for channel in waiting:
             self._open_on_a_leg(channel)
         return leg
 
     def leg_failed(self, reason: str) -> None:
-        """The leg asked for with need_leg could not be made: the waiting opens fail."""
-        self._leg_requested = False
-        waiting, self._waiting = self._waiting, []
+        """A leg asked for with need_leg could not be made: the waiting opens that the legs
+        still being made cannot take fail, the most recent first."""
+        self._legs_requested = max(0, self._legs_requested - 1)
+        keep = self._legs_requested * self._max_sessions
+        waiting, self._waiting = self._waiting[keep:], self._waiting[:keep]
         for channel in waiting:
             self._forget(channel)
             if channel.client.attached and channel.client_id is not None:
@@ -343,7 +350,12 @@ class Relay:
                 self._forget_if_done(channel)
 
     def shutdown(self, reason: str) -> None:
-        """The job is gone: every client connection ends with the reason."""
+        """The job is gone: every client connection ends with the reason.
+
+        Open sessions first get the reason on stderr, then a close: behind ssh's ControlMaster
+        the user's ssh is a mux client, which never sees the master's disconnect message.
+        """
+        told = {id(client): self._tell_sessions(client, reason) for client in self._clients}
         clients, self._clients = self._clients, []
         self._channels.clear()
         self._legs.clear()
@@ -351,7 +363,23 @@ class Relay:
         for client in clients:
             client.attached = False
             client.channels.clear()
-            client.link.disconnect(reason)
+            client.link.disconnect(reason, closing=told[id(client)])
+
+    def _tell_sessions(self, client: Client, reason: str) -> int:
+        """Write the reason to each of the client's open sessions and close them; how many."""
+        told = 0
+        for relay_id in sorted(client.channels):
+            channel = self._channels[relay_id]
+            if channel.kind != b"session" or channel.client_id is None or channel.server_id is None \
+                    or channel.client_closed or channel.server_closed:
+                continue
+            end = "\r\n" if channel.pty_requested else "\n"  # a terminal is in raw mode meanwhile
+            note = f"condor-relay: {reason}{end}".encode()
+            if channel.client_window >= len(note):
+                client.link.send(CHANNEL_EXTENDED_DATA, _u32(channel.client_id) + _u32(EXTENDED_DATA_STDERR) + _string(note))
+            client.link.send(CHANNEL_CLOSE, _u32(channel.client_id))
+            told += 1
+        return told
 
     def _cancel_forward(self, leg: Leg, key: tuple[bytes, int] | bytes) -> None:
         """Stop the job listening for a client that is gone (no reply wanted)."""
@@ -492,8 +520,10 @@ class Relay:
             leg = self._legs[0] if self._legs else None
         if leg is None:
             self._waiting.append(channel)
-            if not self._leg_requested:
-                self._leg_requested = True
+            # negotiated side by side, as many as the waiting opens fill (a few at a time)
+            wanted = min(-(-len(self._waiting) // self._max_sessions), MAX_LEGS_IN_NEGOTIATION)
+            while self._legs_requested < wanted:
+                self._legs_requested += 1
                 self._need_leg()
             return
         self._place(channel, leg)

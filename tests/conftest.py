@@ -2,6 +2,10 @@
 
 Every test gets its own HOME and XDG directories; ssh always gets `-F <generated file>`,
 since OpenSSH reads ~/.ssh/config from the passwd home, not from $HOME.
+
+The generated block is rendered with `ssh_multiplexing: false` unless a test asks for it:
+each ssh is then a client of the relay of its own, which is what most tests examine.
+tests/test_e2e_mux.py covers the default, ssh's ControlMaster in front of the relay.
 """
 
 from __future__ import annotations
@@ -70,7 +74,7 @@ class Relay:
         import yaml
 
         base = {"condor_ssh_to_job": str(self.pool_dir / "bin" / "condor_ssh_to_job"), "job_lookup": "sandbox",
-                "sandbox_pool": str(self.pool_dir)}
+                "sandbox_pool": str(self.pool_dir), "ssh_multiplexing": False}
         base.update(settings)
         self.home.config_file.parent.mkdir(parents=True, exist_ok=True)
         self.home.config_file.write_text(yaml.safe_dump(base))

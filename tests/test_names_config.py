@@ -73,3 +73,23 @@ def test_ssh_config_block_is_replaced_in_place_at_the_top():
     assert installed.startswith(sshconfig.BEGIN) and installed.endswith(user)
     assert sshconfig.with_block(installed, block) == installed
     assert sshconfig.without_block(installed) == user
+
+
+def test_ssh_config_block_multiplexes_unless_it_cannot():
+    def block(socket: str, **settings: object) -> str:
+        return sshconfig.render(sshconfig.BlockSettings("condor", "/r", socket, "/kh", **settings))
+
+    shared = block("/run/user/1/condor-relay/relay.sock", control_persist=45)
+    assert "    ControlMaster auto\n    ControlPath /run/user/1/condor-relay/mux-%C\n    ControlPersist 45\n" in shared
+    off = block("/run/user/1/condor-relay/relay.sock", multiplexing=False)
+    assert "ssh_multiplexing is false\n    ControlMaster no\n    ControlPath none\n" in off
+    deep = "/" + "d" * 60 + "/condor-relay/relay.sock"  # with ssh's 40-character hash and temp suffix: too long
+    assert "too long a path for ssh's control sockets\n    ControlMaster no\n" in block(deep)
+    assert "would change in a ControlPath\n    ControlMaster no\n" in block("/home/a b/relay.sock")
+    assert "would change in a ControlPath" in block("/home/100%/relay.sock")
+
+
+def test_ssh_multiplexing_is_true_or_false(tmp_path):
+    assert parse_config("ssh_multiplexing: false\n", tmp_path / "c.yaml").ssh_multiplexing is False
+    with pytest.raises(ConfigError, match=r"c.yaml:1: ssh_multiplexing must be true or false, not 1"):
+        parse_config("ssh_multiplexing: 1\n", tmp_path / "c.yaml")

@@ -24,11 +24,12 @@ def test_doctor_names_each_fault_of_a_broken_setup(relay):
     state = relay.home.config_file.parent.parent.parent / "state" / "condor-relay"
     (state / "host_key").chmod(0o644)
     relay.ssh_config.write_text(relay.ssh_config.read_text().replace("StrictHostKeyChecking yes", "Compression yes"))
+    typo_line = len(relay.home.config_file.read_text().splitlines()) + 1
     relay.home.config_file.write_text(relay.home.config_file.read_text() + "idle_timout: 3\n")
     done = doctor(relay)
     out = done.stdout
     assert done.returncode == 1, out
-    assert f"FAIL  config: {relay.home.config_file}:4: unknown key 'idle_timout'" in out
+    assert f"FAIL  config: {relay.home.config_file}:{typo_line}: unknown key 'idle_timout'" in out
     assert "the condor-relay block in" in out and "is stale" in out
     assert f"fix: relayd ssh-config install --file {relay.ssh_config}" in out
     assert f"FAIL  host key: {state / 'host_key'} has mode 644, not 600" in out

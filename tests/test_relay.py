@@ -23,8 +23,9 @@ class Link:
     def send(self, msgnum, payload):
         self.sent.append((msgnum, payload))
 
-    def disconnect(self, reason):
+    def disconnect(self, reason, closing=0):
         self.disconnected = reason
+        self.closing = closing
 
 
 class LegLink:
@@ -195,6 +196,10 @@ def test_shutdown_disconnects_every_client(setup):
     relay.shutdown("job 1.0 completed")
     assert a.link.disconnected == b.link.disconnected == "job 1.0 completed"
     assert len(upstream) == sent and relay.channels == 0 and relay.clients == 0
+    # the open session hears why (a ControlMaster's mux client sees nothing else), then closes
+    note = b"condor-relay: job 1.0 completed\n"
+    assert a.link.sent[-2:] == [(r.CHANNEL_EXTENDED_DATA, u32(0) + u32(1) + s(note)), (r.CHANNEL_CLOSE, u32(0))]
+    assert (a.link.closing, b.link.closing) == (1, 0)
 
 
 def test_sessions_beyond_max_sessions_wait_for_another_leg():
@@ -257,3 +262,24 @@ def test_a_session_refused_beside_others_moves_to_another_leg():
     second = []
     relay.add_leg(LegLink(second))
     assert second[-1] == (r.CHANNEL_OPEN, s(b"session") + u32(rid) + u32(100) + u32(100))
+
+
+def test_a_burst_of_sessions_negotiates_legs_side_by_side():
+    harness = Harness(max_sessions=2)
+    relay = harness.relay
+    relay.add_leg(LegLink([]))
+    client = relay.attach(Link())
+    for i in range(2 + 5):
+        relay.from_client(client, r.CHANNEL_OPEN, s(b"session") + u32(i) + u32(100) + u32(100))
+    assert harness.legs_wanted == 3  # 5 waiting opens fill three more legs, asked for at once
+    relay.leg_failed("the starter refused")  # the two legs still coming take four of them
+    refused = [p for n, p in client.link.sent if n == r.CHANNEL_OPEN_FAILURE]
+    assert [p[:4] for p in refused] == [u32(6)]  # the most recent one
+    for _ in range(2):
+        sent = []
+        relay.add_leg(LegLink(sent))
+        assert len(sent) == 2
+    assert harness.legs_wanted == 3 and relay.channels == 6
+    for i in range(20):
+        relay.from_client(client, r.CHANNEL_OPEN, s(b"session") + u32(100 + i) + u32(100) + u32(100))
+    assert harness.legs_wanted == 3 + r.MAX_LEGS_IN_NEGOTIATION
