@@ -6,7 +6,8 @@
 - `direct`: OpenSSH to an sshd equivalent to the job's -- the same binary, sshd_config,
   key and forced command the sandbox starter sets up -- run as `sshd -i` by ProxyCommand
   for each connection, as the job user; `direct-cm` is the same through ControlMaster;
-- `condor_ssh_to_job`: the negotiator itself, once per call.
+- `condor_ssh_to_job`: the negotiator itself, once per call, asking the starter for the
+  same key type as relayd does (its `keygen_options`), so both pay the same key generation.
 """
 
 from __future__ import annotations
@@ -19,6 +20,7 @@ import tempfile
 import time
 from pathlib import Path
 
+from relayd.config import Config
 from relayd.sandbox import pool as sandbox
 from relayd.sandbox.layout import PoolLayout
 from relayd.sandbox.starter import SSHD, prepare_sshd_dir
@@ -109,8 +111,11 @@ class Rig:
         return ["ssh", "-F", str(self.relay.ssh_config), "-o", "ControlMaster=no", "-o", "ControlPath=none",
                 self.host, *args]
 
-    def condor_ssh_to_job(self, *args: str) -> list[str]:
-        return [str(self.pool_dir / "bin" / "condor_ssh_to_job"), self.job_id, *args]
+    def condor_ssh_to_job(self, *command: str, ssh: str | None = None) -> list[str]:
+        """The tool's argv for `command` in the job; `ssh` replaces the ssh it runs (-ssh)."""
+        keygen = Config().keygen_options  # what relayd asks the starter for
+        options = (["-keygen-options", keygen] if keygen else []) + (["-ssh", ssh] if ssh else [])
+        return [str(self.pool_dir / "bin" / "condor_ssh_to_job"), *options, self.job_id, *command]
 
     def run(self, argv: list[str], **kw: object) -> float:
         """Run argv to completion and return its wall time; raises CommandFailed."""

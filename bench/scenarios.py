@@ -56,7 +56,7 @@ def cold_connect(rig: Rig, repeat: int) -> Scenario:
         rig.wait_upstream_closed()
         relay.samples.append(rig.run(rig.ssh(rig.host, "true")))
         tool.samples.append(rig.run(rig.condor_ssh_to_job("true")))
-        negotiation.samples.append(rig.run(rig.condor_ssh_to_job()[:1] + ["-ssh", "true", rig.job_id]))
+        negotiation.samples.append(rig.run(rig.condor_ssh_to_job(ssh="true")))
     return Scenario("cold_connect", "cold connect: ssh HOST true, negotiating", "s", [relay, tool, negotiation])
 
 
