@@ -38,8 +38,8 @@ _UNQUOTABLE = set('"$`\\%!') | {chr(c) for c in range(32)}
 
 
 # ssh binds its control socket as "<ControlPath>.<16 random characters>" first, and a unix
-# socket path holds at most 107 bytes on Linux (103 on macOS).
-_MAX_CONTROL_PATH = 103 - 17
+# socket path holds at most 107 bytes on Linux, 103 on macOS and the BSDs.
+_MAX_CONTROL_PATH = (107 if sys.platform.startswith("linux") else 103) - 17
 
 
 @dataclass(frozen=True)

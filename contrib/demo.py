@@ -33,7 +33,7 @@ def show(argv: list[str], env: dict[str, str], cwd: Path) -> float:
 
 
 def main() -> int:
-    root = Path(tempfile.mkdtemp(prefix="condor-relay-demo-"))
+    root = Path(tempfile.mkdtemp(prefix="cr-demo-"))  # short: ssh's control sockets live below it
     root.chmod(0o711)  # as root, the sandbox's unprivileged job user must reach the pool below
     env = {k: v for k, v in os.environ.items() if not k.startswith(("XDG_", "SSH_", "CONDOR_RELAY"))}
     for name, sub in [("HOME", "home"), ("XDG_CONFIG_HOME", "config"), ("XDG_STATE_HOME", "state"),
@@ -80,7 +80,7 @@ def main() -> int:
         same = hashlib.sha256(blob.read_bytes()).digest() == hashlib.sha256((root / "blob.back").read_bytes()).digest()
         print(f"\ndemo: 8 MiB scp round trip {'matches (sha256)' if same else 'DIFFERS'}")
         negotiations = len((pool_dir / "negotiations.log").read_text().splitlines())
-        print(f"demo: first connection (negotiating) {first:.2f} s, second (reusing the upstream) {second:.2f} s; "
+        print(f"demo: first connection (negotiating) {first:.2f} s, second (a mux request to ssh's master for the job) {second:.2f} s; "
               f"negotiations: {negotiations}")
         return 0 if same else 1
     finally:
