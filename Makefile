@@ -5,11 +5,11 @@ VENV := .venv
 STAMP := $(VENV)/.installed
 BENCH_VENV := .venv-bench
 BENCH_STAMP := $(BENCH_VENV)/.installed
-SOURCES := $(wildcard relayd/*.py relayd/sandbox/*.py relayd/sandbox/*.sh clientconf/*.py)
+SOURCES := $(wildcard relayd/*.py relayd/sandbox/*.py relayd/sandbox/*.sh clientconf/*.py) scripts/condor-relay-connect
 
 .PHONY: demo test bench check-system clean
 
-$(STAMP): setup.cfg pyproject.toml
+$(STAMP): setup.cfg pyproject.toml scripts/condor-relay-connect
 	@$(PYTHON) -m venv $(VENV) || { echo "make: cannot create a venv; on Debian/Ubuntu: sudo apt-get install python3-venv" >&2; exit 1; }
 	$(VENV)/bin/pip install --quiet -e '.[test]'
 	@touch $@

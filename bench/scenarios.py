@@ -194,8 +194,10 @@ def _cpu_seconds(pid: int) -> float:
 
 
 def helper_startup(rig: Rig, repeat: int) -> Scenario:
-    """`relayd connect` start-up: it runs before every ssh connection."""
-    helper = [rig.relay.relayd, "connect", "--no-start", "--socket", str(rig.root / "absent.sock"), rig.host]
+    """`relayd connect` start-up, run as the generated ProxyCommand runs it before every ssh
+    connection: condor-relay-connect, installed next to relayd."""
+    helper = [str(Path(rig.relay.relayd).with_name("condor-relay-connect")), "--no-start",
+              "--socket", str(rig.root / "absent.sock"), rig.host]
     bare = [sys.executable, "-c", "pass"]
     runs = {"relayd connect (to no daemon)": helper, "python -c pass": bare}
     series = {name: Series(name) for name in runs}

@@ -6,14 +6,15 @@ starts `relayd run --on-demand`, which exits again when idle (relayd.idle).
 Race-free: the helper takes an exclusive flock on the start lock in the runtime dir,
 tries the socket again, and only then starts a daemon and waits for it to listen.
 Concurrent helpers queue on the lock and find the daemon the first one started; a daemon
-exiting idle holds the same lock until it is gone. Stdlib only.
+exiting idle holds the same lock until it is gone. Stdlib only, and _socket rather than
+socket, as clientconf.connect says.
 """
 
 from __future__ import annotations
 
+import _socket
 import fcntl
 import os
-import socket
 import sys
 import time
 
@@ -28,9 +29,9 @@ class StartFailed(Exception):
     """The daemon could not be started; the message says why (its own output included)."""
 
 
-def try_connect(socket_path: str) -> socket.socket | None:
+def try_connect(socket_path: str) -> _socket.socket | None:
     """A connection to the daemon, or None when nothing listens there."""
-    sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    sock = _socket.socket(_socket.AF_UNIX, _socket.SOCK_STREAM)
     try:
         sock.connect(socket_path)
     except (FileNotFoundError, ConnectionRefusedError):
@@ -64,7 +65,7 @@ def _output(path: str) -> str:
         return ""
 
 
-def start_daemon(socket_path: str, display: ProgressDisplay) -> socket.socket:
+def start_daemon(socket_path: str, display: ProgressDisplay) -> _socket.socket:
     """Connect to the daemon at `socket_path`, starting it first if none is listening."""
     import subprocess  # noqa: PLC0415 (not needed on the helper's fast path)
 

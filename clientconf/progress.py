@@ -9,9 +9,12 @@ from __future__ import annotations
 
 import os
 import time
-from typing import TextIO
 
 from relayd.humanize import duration
+
+TYPE_CHECKING = False  # as typing.TYPE_CHECKING (type checkers honour it) without importing typing
+if TYPE_CHECKING:
+    from typing import TextIO
 
 PREFIX = "condor-relay: "
 TICK_SECONDS = 0.2  # how often the terminal line's clock is redrawn

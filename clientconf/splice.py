@@ -7,9 +7,9 @@ Stdlib only.
 
 from __future__ import annotations
 
+import _socket
 import os
 import selectors
-import socket
 
 CHUNK = 256 * 1024
 
@@ -20,7 +20,7 @@ def _write_all(fd: int, data: bytes) -> None:
         view = view[os.write(fd, view):]
 
 
-def splice(sock: socket.socket, stdin: int = 0, stdout: int = 1) -> None:
+def splice(sock: _socket.socket, stdin: int = 0, stdout: int = 1) -> None:
     """Copy until the relay closes the connection; stdin's end is passed on as a half-close."""
     sock.setblocking(True)
     with selectors.DefaultSelector() as selector:
@@ -39,4 +39,4 @@ def splice(sock: socket.socket, stdin: int = 0, stdout: int = 1) -> None:
                         sock.sendall(data)
                     else:
                         selector.unregister(stdin)
-                        sock.shutdown(socket.SHUT_WR)
+                        sock.shutdown(_socket.SHUT_WR)

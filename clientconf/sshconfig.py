@@ -2,7 +2,8 @@
 
 The block sits between BEGIN/END markers at the top of the file, because ssh uses the
 first value it finds for each option: placed first, a user's later `Host *` settings
-cannot override the ProxyCommand. Files are replaced atomically (temp file + rename).
+cannot override the ProxyCommand, which runs the helper as condor-relay-connect (it starts
+faster than `relayd connect`). Files are replaced atomically (temp file + rename).
 
 The `--via` block is for a laptop with only OpenSSH (Linux, macOS or Windows): its ssh
 reaches the daemon through an outer ssh to the access point, where `relayd connect
@@ -45,7 +46,7 @@ _MAX_CONTROL_PATH = (107 if sys.platform.startswith("linux") else 103) - 17
 @dataclass(frozen=True)
 class BlockSettings:
     domain: str
-    relayd: str  # absolute path of the relayd executable
+    helper: str  # absolute path of condor-relay-connect
     socket: str
     known_hosts: str
     multiplexing: bool = True  # ssh's ControlMaster in front of the relay (config: ssh_multiplexing)
@@ -73,6 +74,12 @@ def relayd_executable() -> str:
     if os.path.basename(argv0) == "relayd":
         return os.path.abspath(argv0)
     return shutil.which("relayd") or str(Path(sys.executable).parent / "relayd")
+
+
+def helper_executable() -> str:
+    """The absolute path of condor-relay-connect, installed next to relayd (next to the file
+    relayd links to, for installs such as pipx that link only some scripts onto PATH)."""
+    return os.path.join(os.path.dirname(os.path.realpath(relayd_executable())), "condor-relay-connect")
 
 
 def _quote_path(path: str) -> str:
@@ -137,7 +144,7 @@ def render(settings: BlockSettings, hosts: list[str] | None = None) -> str:
     still supplies their options): VS Code's Remote Explorer and shell completion list
     only explicit names.
     """
-    proxy = " ".join(shlex.quote(w) for w in (settings.relayd, "connect", "--socket", settings.socket))
+    proxy = " ".join(shlex.quote(w) for w in (settings.helper, "--socket", settings.socket))
     proxy += " --user %r"
     lines = [
         BEGIN,

@@ -1,16 +1,17 @@
-"""The `relayd` command. Subcommands import what they need, so `relayd connect` starts fast."""
+"""The `relayd` command. Subcommands import what they need, and `relayd connect`, which
+runs before every ssh connection, skips even argparse: main() hands it to the helper."""
 
 from __future__ import annotations
 
-import argparse
 import sys
-from collections.abc import Callable
-from pathlib import Path
-from typing import TYPE_CHECKING
 
 from relayd.paths import Paths, default_paths
 
+TYPE_CHECKING = False  # as typing.TYPE_CHECKING (type checkers honour it) without importing typing
 if TYPE_CHECKING:
+    import argparse
+    from collections.abc import Callable
+
     from relayd.config import Config
     from relayd.listing import JobRow
 
@@ -26,13 +27,6 @@ def cmd_run(args: argparse.Namespace) -> int:
     from relayd.run import run
 
     return run(_paths(args), verbose=args.verbose, on_demand=args.on_demand, log_to=args.log_to)
-
-
-def cmd_connect(args: argparse.Namespace) -> int:
-    from clientconf.connect import connect
-
-    return connect(str(_paths(args).socket), args.host, args.port, stdio=args.stdio, autostart=not args.no_start,
-                   user=args.user)
 
 
 def _load_config(paths: Paths) -> Config:
@@ -62,7 +56,7 @@ def _local_block(paths: Paths, config: Config, hosts: list[str] | None = None) -
     return sshconfig.render(
         sshconfig.BlockSettings(
             domain=config.domain,
-            relayd=sshconfig.relayd_executable(),
+            helper=sshconfig.helper_executable(),
             socket=str(paths.socket),
             known_hosts=str(paths.known_hosts),
             multiplexing=config.ssh_multiplexing,
@@ -158,6 +152,8 @@ def cmd_stop(args: argparse.Namespace, socket_path: str) -> int:
 
 
 def cmd_doctor(args: argparse.Namespace) -> int:
+    from pathlib import Path
+
     from relayd.doctor import default_ssh_config, diagnose, report
 
     paths = _paths(args)
@@ -179,6 +175,11 @@ def cmd_jobs(args: argparse.Namespace) -> int:
 
 
 def build_parser() -> argparse.ArgumentParser:
+    """The parser of every subcommand but `connect`, which main() hands to the helper's own."""
+    import argparse
+
+    from clientconf.connect import SUMMARY
+
     parser = argparse.ArgumentParser(prog="relayd", description="SSH to running HTCondor jobs by host name.")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     socket_help = "the daemon's socket (default: $XDG_RUNTIME_DIR/condor-relay/relay.sock)"
@@ -192,15 +193,7 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--socket", help=socket_help)
     run.set_defaults(func=cmd_run)
 
-    connect = sub.add_parser("connect", help="ProxyCommand helper (used by the generated ssh_config)")
-    connect.add_argument("host")
-    connect.add_argument("port", nargs="?", type=int, default=22)
-    connect.add_argument("--socket", help=socket_help)
-    connect.add_argument("--stdio", action="store_true",
-                         help="copy through stdin/stdout instead of passing the socket (behind an outer ssh)")
-    connect.add_argument("--no-start", action="store_true", help="fail instead of starting the daemon")
-    connect.add_argument("--user", help="the user ssh connects as (%%r); used for EC2 instances")
-    connect.set_defaults(func=cmd_connect)
+    sub.add_parser("connect", help=SUMMARY)  # only listed: main() hands `relayd connect` to the helper
 
     ssh_config = sub.add_parser("ssh-config", help="print, install or uninstall the ssh_config block")
     ssh_config.add_argument("action", choices=["print", "install", "uninstall", "known-hosts"],
@@ -237,6 +230,11 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
+    if argv[:1] == ["connect"]:
+        from clientconf.connect import main as connect
+
+        return connect(argv[1:])
     args = build_parser().parse_args(argv)
     return args.func(args)
 

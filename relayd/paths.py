@@ -1,30 +1,54 @@
 """Where condor-relay keeps its files (XDG base directories).
 
-Stdlib only: the ProxyCommand helper imports this on every connection.
+The ProxyCommand helper imports this on every connection and needs only the socket's
+path, so the module imports neither dataclasses nor pathlib (milliseconds each):
+socket_path() works on strings, and Path is imported where a Paths is built.
 """
 
 from __future__ import annotations
 
 import os
-from dataclasses import dataclass, replace
-from pathlib import Path
+from collections import namedtuple
+
+TYPE_CHECKING = False  # as typing.TYPE_CHECKING (type checkers honour it) without importing typing
+if TYPE_CHECKING:
+    from pathlib import Path
 
 APP = "condor-relay"
+SOCKET_NAME = "relay.sock"
 
 
-def _xdg(var: str, default: str) -> Path:
+def _xdg(var: str, default: str) -> str:
     value = os.environ.get(var)
     if value and os.path.isabs(value):
-        return Path(value)
-    return Path.home() / default
+        return value
+    return os.path.join(os.path.expanduser("~"), default)
 
 
-@dataclass(frozen=True)
-class Paths:
-    config_file: Path
-    state_dir: Path
-    runtime_dir: Path
-    socket_name: str = "relay.sock"
+def _state_dir() -> str:
+    return os.path.join(_xdg("XDG_STATE_HOME", ".local/state"), APP)
+
+
+def _runtime_dir(state_dir: str) -> str:
+    """$XDG_RUNTIME_DIR/condor-relay; without it, a private directory under the state dir
+    (never a shared /tmp path)."""
+    runtime = os.environ.get("XDG_RUNTIME_DIR")
+    return os.path.join(runtime, APP) if runtime and os.path.isabs(runtime) else os.path.join(state_dir, "run")
+
+
+def socket_path(given: str | os.PathLike[str] | None = None) -> str:
+    """The daemon's socket: `given` made absolute (a daemon started from it runs in /),
+    else the default one."""
+    if given:
+        return os.path.abspath(given)
+    return os.path.join(_runtime_dir(_state_dir()), SOCKET_NAME)
+
+
+# A namedtuple, not a dataclass: importing dataclasses costs the helper milliseconds.
+class Paths(namedtuple("Paths", "config_file state_dir runtime_dir socket_name", defaults=(SOCKET_NAME,))):
+    """The three directories (Paths) and the socket's name in the runtime dir (a str)."""
+
+    __slots__ = ()
 
     @property
     def socket(self) -> Path:
@@ -40,10 +64,12 @@ class Paths:
         """stdout and stderr of a daemon the helper started, shown if it fails to start."""
         return self.runtime_dir / "start.out"
 
-    def with_socket(self, socket_path: str | os.PathLike[str]) -> Paths:
-        """These paths with the socket (and the runtime dir holding it) at `socket_path`."""
-        path = Path(socket_path).absolute()
-        return replace(self, runtime_dir=path.parent, socket_name=path.name)
+    def with_socket(self, given: str | os.PathLike[str]) -> Paths:
+        """These paths with the socket (and the runtime dir holding it) at `given`."""
+        from pathlib import Path  # noqa: PLC0415 (see the module's docstring)
+
+        path = Path(socket_path(given))
+        return self._replace(runtime_dir=path.parent, socket_name=path.name)
 
     @property
     def host_key(self) -> Path:
@@ -64,17 +90,13 @@ class Paths:
 
 
 def default_paths() -> Paths:
-    """Resolve the paths from the environment, as the XDG spec says.
+    """Resolve the paths from the environment, as the XDG spec says."""
+    from pathlib import Path  # noqa: PLC0415 (see the module's docstring)
 
-    The socket lives in $XDG_RUNTIME_DIR/condor-relay; without it, in a private
-    directory under the state dir (never a shared /tmp path).
-    """
     config = os.environ.get("CONDOR_RELAY_CONFIG")
-    config_file = Path(config) if config else _xdg("XDG_CONFIG_HOME", ".config") / APP / "config.yaml"
-    state_dir = _xdg("XDG_STATE_HOME", ".local/state") / APP
-    runtime = os.environ.get("XDG_RUNTIME_DIR")
-    runtime_dir = Path(runtime) / APP if runtime and os.path.isabs(runtime) else state_dir / "run"
-    return Paths(config_file=config_file, state_dir=state_dir, runtime_dir=runtime_dir)
+    config_file = config or os.path.join(_xdg("XDG_CONFIG_HOME", ".config"), APP, "config.yaml")
+    state_dir = _state_dir()
+    return Paths(config_file=Path(config_file), state_dir=Path(state_dir), runtime_dir=Path(_runtime_dir(state_dir)))
 
 
 class UnusablePath(Exception):

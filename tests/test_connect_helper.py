@@ -1,29 +1,65 @@
-"""`relayd connect` runs before every ssh connection: it must stay stdlib-only and small."""
+"""The helper runs before every ssh connection: it must stay stdlib-only and quick to start."""
 
 from __future__ import annotations
 
-import json
 import subprocess
 import sys
+from pathlib import Path
 
-_PROBE = """
-import json, sys
-from relayd.cli import main
-code = main(["connect", "--no-start", "--socket", sys.argv[1], "job-1.0.condor", "22"])
-print(json.dumps([code, sorted(sys.modules)]))
-"""
+import pytest
+from conftest import RELAYD
+
+from clientconf.connect import main
+
+HELPER = str(Path(RELAYD).with_name("condor-relay-connect"))  # what the generated ProxyCommand runs
+# Each costs the helper a millisecond or more (socket.py builds enums, re compiles its parser).
+SLOW = {"argparse", "dataclasses", "enum", "json", "pathlib", "re", "shutil", "socket", "subprocess", "typing"}
 
 
-def test_the_helper_imports_only_the_standard_library(tmp_path):
-    done = subprocess.run([sys.executable, "-c", _PROBE, str(tmp_path / "absent.sock")], capture_output=True,
-                          text=True, cwd=tmp_path)
-    code, modules = json.loads(done.stdout)
-    assert code == 255 and "the relay daemon is not running" in done.stderr
+def _imported(argv: list[str], cwd: Path) -> tuple[subprocess.CompletedProcess[str], set[str]]:
+    """The run of `python -X importtime ARGV` and the modules it imported."""
+    done = subprocess.run([sys.executable, "-X", "importtime", *argv], capture_output=True, text=True, cwd=cwd)
+    lines = [line for line in done.stderr.splitlines() if line.startswith("import time:")]
+    return done, {line.rsplit("|", 1)[1].strip() for line in lines[1:]}
+
+
+@pytest.mark.parametrize("helper", [
+    [HELPER],
+    ["-c", "import sys; from relayd.cli import main; sys.exit(main(sys.argv[1:]))", "connect"],  # `relayd connect`
+], ids=["condor-relay-connect", "relayd connect"])
+def test_the_helper_imports_only_light_standard_modules(tmp_path, helper):
+    done, modules = _imported([*helper, "--no-start", "--socket", str(tmp_path / "absent.sock"), "job-1.0.condor",
+                               "22"], tmp_path)
+    assert done.returncode == 255 and "the relay daemon is not running" in done.stderr
+    new = modules - _imported(["-c", "pass"], tmp_path)[1]  # beyond what the interpreter's start-up imports
     ours = {"relayd", "clientconf"}
-    foreign = [m for m in modules if m.split(".")[0] not in sys.stdlib_module_names | ours
-               and not m.startswith(("__editable__", "_distutils_hack", "__main__"))]
-    assert foreign == []
-    assert {m for m in modules if m.split(".")[0] in ours} == {
-        "relayd", "relayd.cli", "relayd.humanize", "relayd.paths", "relayd.protocol",
+    assert {m for m in new if m.split(".")[0] not in sys.stdlib_module_names | ours} == set()
+    assert {m for m in new if m.split(".")[0] in ours} - {"relayd.cli"} == {
+        "relayd", "relayd.humanize", "relayd.paths", "relayd.protocol",
         "clientconf", "clientconf.autostart", "clientconf.connect", "clientconf.progress",
     }
+    assert new & SLOW == set()
+
+
+@pytest.mark.parametrize(("argv", "error"), [
+    ([], "the following arguments are required: host"),
+    (["h", "0"], "argument port: invalid port '0' (1 to 65535)"),
+    (["h", "22", "x"], "unrecognized arguments: x"),
+    (["--sock", "s", "h"], "unrecognized argument: --sock"),
+    (["--stdio=1", "h"], "unrecognized argument: --stdio=1"),
+    (["h", "--user"], "argument --user: expected one argument"),
+])
+def test_bad_command_lines_exit_2_with_the_usage(capsys, argv, error):
+    assert main(argv) == 2
+    assert capsys.readouterr().err.splitlines() == [
+        "usage: relayd connect [-h] [--socket SOCKET] [--stdio] [--no-start] [--user USER] host [port]",
+        f"relayd connect: error: {error}",
+    ]
+
+
+def test_options_go_anywhere_in_either_form(tmp_path, capsys, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    assert main(["--user=-me", "job-1.0.condor", "--socket=absent.sock", "--no-start", "--", "22"]) == 255
+    assert f"no listener on {tmp_path / 'absent.sock'}" in capsys.readouterr().err
+    assert main(["--help"]) == 0
+    assert "--no-start       fail instead of starting the daemon" in capsys.readouterr().out

@@ -62,9 +62,11 @@ def test_request_lines():
 
 
 def test_ssh_config_block_is_replaced_in_place_at_the_top():
-    settings = sshconfig.BlockSettings("condor", "/opt/cr bin/relayd", "/run/user/1/condor-relay/relay.sock", "/s/kh")
+    settings = sshconfig.BlockSettings("condor", "/opt/cr bin/condor-relay-connect",
+                                       "/run/user/1/condor-relay/relay.sock", "/s/kh")
     block = sshconfig.render(settings)
-    proxy = "ProxyCommand '/opt/cr bin/relayd' connect --socket /run/user/1/condor-relay/relay.sock --user %r %h %p"
+    proxy = ("ProxyCommand '/opt/cr bin/condor-relay-connect' --socket /run/user/1/condor-relay/relay.sock"
+             " --user %r %h %p")
     assert proxy in block
     assert "ProxyUseFdpass yes" in block and "Host job-*.condor" in block
     assert "    Ciphers aes128-gcm@openssh.com," in block  # the cipher relayd runs fastest
