@@ -1,12 +1,13 @@
 """Bad input on the daemon's socket: garbage, oversized and half-sent requests, clients
-that leave during a negotiation, and SSH clients that speak nonsense after the banner,
-after key exchange and after authentication. Each such connection is logged and dropped
-alone; a session open alongside carries every byte through."""
+that stall mid-request or leave during a negotiation, and SSH clients that speak nonsense
+after the banner, after key exchange and after authentication. Each such connection is
+logged and dropped alone; a session open alongside carries every byte through."""
 
 from __future__ import annotations
 
 import json
 import socket
+import subprocess
 import sys
 from pathlib import Path
 
@@ -14,6 +15,7 @@ import pytest
 from conftest import EchoSession, Relay, wait_for
 from rogue_ssh import MESSAGES, TRANSPORT_CASES
 
+from relayd.control import REQUEST_TIMEOUT
 from relayd.protocol import format_connect
 from relayd.sandbox import pool as sandbox
 
@@ -105,4 +107,37 @@ def test_ssh_clients_speaking_nonsense_are_dropped_alone(relay, cases):
     assert b"Unhandled Error" not in rogue.stderr, rogue.stderr.decode()
     working.finish()
     assert relay.negotiations() == 1  # the job's connection never went down
+    assert_nothing_unhandled(relay)
+
+
+def read_to_end(sock: socket.socket) -> bytes:
+    received = b""
+    while chunk := sock.recv(65536):
+        received += chunk
+    return received
+
+
+def test_stalled_requests_time_out_but_negotiations_and_sessions_do_not(relay):
+    working = EchoSession(relay, relay.running_job())
+    sandbox.configure_pool(relay.pool_dir, negotiation_delay=REQUEST_TIMEOUT + 2)
+    slow = subprocess.Popen(relay.ssh_argv(relay.running_job(), "echo reached"), env=relay.home.env,
+                            stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    bait, kept = socket.socketpair()
+    stalled = []
+    for partial, fds in [(b"CONNECT job-1.0.con", []), (f"CAPTURE {TOKEN}\n".encode(), []),
+                         (f"CAPTURE {TOKEN}\n{{\"ke".encode(), [bait.fileno()])]:
+        sock = socket.socket(socket.AF_UNIX)
+        sock.settimeout(REQUEST_TIMEOUT * 3)
+        sock.connect(str(relay.home.socket))
+        socket.send_fds(sock, [partial], fds)
+        stalled.append(sock)
+    bait.close()
+    for sock in stalled:
+        assert read_to_end(sock) == f"ERROR no complete request within {REQUEST_TIMEOUT:g} s\n".encode()
+        sock.close()
+    assert kept.recv(1) == b""  # the half-sent capture's socket was closed too
+    out, err = slow.communicate(timeout=120)  # its negotiation outlasted the request timeout
+    assert slow.returncode == 0 and out == b"reached\n", err
+    working.feed()  # and so did the session's quiet spell
+    working.finish()
     assert_nothing_unhandled(relay)
