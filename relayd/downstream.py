@@ -9,12 +9,15 @@ from __future__ import annotations
 
 from twisted.conch.ssh import factory, keys, service, transport, userauth
 from twisted.conch.ssh.common import getNS
+from twisted.internet import interfaces
 from twisted.python.failure import Failure
 
 from relayd.jobs import JobSession
 from relayd.relay import Client, ProtocolViolation
 from relayd.sshtransport import PacketTransport
 from relayd.traffic import Traffic
+
+DISCONNECT_LINGER = 5.0  # seconds a disconnected client has to hang up before the relay does
 
 
 class _AcceptingUserAuth(service.SSHService):
@@ -50,9 +53,16 @@ class ClientTransport(PacketTransport, transport.SSHServerTransport):
     client: Client | None = None
     username = b""
     disconnect_reason: str | None = None  # why the relay ended this client, for the connection log
+    _linger: interfaces.IDelayedCall | None = None
 
     def __init__(self) -> None:
         self.traffic = Traffic()
+
+    def hang_up(self) -> None:
+        """Half-close and discard what ssh still sends until it hangs up: closing outright while
+        ssh writes (an upload) fails its write with a broken pipe before it reads the reason."""
+        self.transport.loseWriteConnection()
+        self._linger = self.factory.reactor.callLater(DISCONNECT_LINGER, self.transport.loseConnection)
 
     def receiveError(self, reasonCode: int, description: bytes) -> None:
         self._log.debug("client disconnected: {reason}", reason=description)
@@ -80,6 +90,8 @@ class ClientTransport(PacketTransport, transport.SSHServerTransport):
         self.sendDisconnect(transport.DISCONNECT_BY_APPLICATION, reason.encode())
 
     def connectionLost(self, reason: Failure | None = None) -> None:
+        if self._linger is not None and self._linger.active():
+            self._linger.cancel()
         super().connectionLost(reason)
         if self.client is not None:
             self.session.detach(self.client)
@@ -93,7 +105,8 @@ class ClientTransportFactory(factory.SSHFactory):
     protocol = ClientTransport
     services = {b"ssh-userauth": _AcceptingUserAuth}
 
-    def __init__(self, host_key: keys.Key) -> None:
+    def __init__(self, reactor: interfaces.IReactorTime, host_key: keys.Key) -> None:
+        self.reactor = reactor
         self.publicKeys = {host_key.sshType(): host_key.public()}
         self.privateKeys = {host_key.sshType(): host_key}
         self.primes = None
