@@ -7,7 +7,8 @@
     any state --error or bad input--> CLOSED (after one ERROR line where possible)
 
 A request (and a capture's payload) must be complete within REQUEST_TIMEOUT: the helper and
-the hook send theirs at once.
+the hook send theirs at once. While CONNECTING, what ssh sends early (banner, KEXINIT) is
+held for the SSH state; past EARLY_SSH_LIMIT the client is no longer read until then.
 """
 
 from __future__ import annotations
@@ -47,6 +48,7 @@ if TYPE_CHECKING:
 log = Logger()
 
 REQUEST_TIMEOUT = 10.0  # seconds
+EARLY_SSH_LIMIT = 64 * 1024  # bytes
 
 
 class UserError(Exception):
@@ -126,6 +128,8 @@ class ControlConnection(protocol.Protocol):
             self._read_request()
         if self._state is _State.AWAIT_CAPTURE:
             self._read_capture()
+        if self._state is _State.CONNECTING and len(self._buffer) > EARLY_SSH_LIMIT:
+            self.transport.pauseProducing()  # the kernel's buffers hold the rest; _connected resumes
 
     def _request_timed_out(self) -> None:
         if self._state in (_State.AWAIT_REQUEST, _State.AWAIT_CAPTURE):
@@ -195,6 +199,7 @@ class ControlConnection(protocol.Protocol):
         if self._buffer:
             data, self._buffer = self._buffer, b""
             self._ssh.dataReceived(data)
+        self.transport.resumeProducing()  # if paused past EARLY_SSH_LIMIT
 
     def _connect_failed(self, failure: Failure) -> None:
         if failure.check(UserError):

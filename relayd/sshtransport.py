@@ -121,12 +121,13 @@ class PacketTransport(transport.SSHTransportBase):
             self._receive(leftover)
 
     def dataReceived(self, data: bytes) -> None:
-        if self._disconnected:
-            return
-        if self.gotVersion:
+        # Conch looks for the version line in all it is given and refuses more than 4 KB before
+        # it, so it gets a line at a time: a peer may send its KEXINIT without waiting for ours.
+        while data and not self.gotVersion and not self._disconnected:
+            line, newline, data = data.partition(b"\n")
+            super().dataReceived(line + newline)
+        if data and not self._disconnected:
             self._receive(data)
-        else:
-            super().dataReceived(data)
 
     def _receive(self, data: bytes) -> None:
         view = memoryview(data)

@@ -171,6 +171,11 @@ def test_a_disconnected_client_is_half_closed_and_ignored_until_it_hangs_up_or_l
     assert wrote.disconnecting
 
 
+def test_packets_in_the_read_with_the_banner_do_not_count_as_an_overlong_version():
+    wrote = _server_fed(*[IGNORE] * 1000, _kexinit(b"curve25519-sha256")).transport
+    assert not wrote.write_closed and b"kex-strict-s-v00@openssh.com" in wrote.value()
+
+
 def test_without_strict_kex_a_message_before_kexinit_is_tolerated():
     wrote = _server_fed(IGNORE, _kexinit(b"curve25519-sha256")).transport
     assert not wrote.write_closed and b"kex-strict-s-v00@openssh.com" in wrote.value()
