@@ -13,6 +13,7 @@ import struct
 import sys
 
 import pytest
+from conftest import wait_for
 
 CLIENTS = 50
 MIB_PER_CLIENT = 20
@@ -88,6 +89,8 @@ def test_sequential_connections_leak_neither_memory_nor_descriptors(relay):
     for _ in range(SEQUENTIAL_CONNECTIONS):
         done = relay.ssh(host, "true")
         assert done.returncode == 0, done.stderr
+    # ssh can exit a moment before the daemon sees its socket close
+    wait_for(lambda: relay.open_fds() <= fds_before, timeout=5)
     rss_after, fds_after = relay.rss_kib(), relay.open_fds()
     sys.stderr.write(f"load: {SEQUENTIAL_CONNECTIONS} connections: RSS {rss_before} -> {rss_after} KiB, "
                      f"fds {fds_before} -> {fds_after}\n")
