@@ -5,6 +5,10 @@
                   --STATUS--> (one OK line with the JSON snapshot) CLOSED
                   --STOP--> OK, SIGTERM to the daemon; closed when it shuts down
     any state --error or bad input--> CLOSED (after one ERROR line where possible)
+
+A request (and a capture's payload) must be complete within REQUEST_TIMEOUT: the helper and
+the hook send theirs at once. While CONNECTING, what ssh sends early (banner, KEXINIT) is
+held for the SSH state; past EARLY_SSH_LIMIT the client is no longer read until then.
 """
 
 from __future__ import annotations
@@ -43,6 +47,9 @@ if TYPE_CHECKING:
 
 log = Logger()
 
+REQUEST_TIMEOUT = 10.0  # seconds
+EARLY_SSH_LIMIT = 64 * 1024  # bytes
+
 
 class UserError(Exception):
     """A failure whose message is meant for the user's terminal, as is."""
@@ -79,6 +86,7 @@ class ControlConnection(protocol.Protocol):
         self._capture: Capture | None = None
         self._ssh: ClientTransport | None = None
         self._failure: str | None = None
+        self._request_timer: interfaces.IDelayedCall | None = None
         self.host: str | None = None  # the host a CONNECT asked for
         self.opened = time.monotonic()
 
@@ -100,6 +108,7 @@ class ControlConnection(protocol.Protocol):
             return
         self._daemon.connections.add(self)
         self._daemon.on_idle_change()
+        self._request_timer = self._daemon.reactor.callLater(REQUEST_TIMEOUT, self._request_timed_out)
 
     def fileDescriptorReceived(self, descriptor: int) -> None:
         if self._state is _State.CLOSED or len(self._fds) >= 1:
@@ -119,6 +128,12 @@ class ControlConnection(protocol.Protocol):
             self._read_request()
         if self._state is _State.AWAIT_CAPTURE:
             self._read_capture()
+        if self._state is _State.CONNECTING and len(self._buffer) > EARLY_SSH_LIMIT:
+            self.transport.pauseProducing()  # the kernel's buffers hold the rest; _connected resumes
+
+    def _request_timed_out(self) -> None:
+        if self._state in (_State.AWAIT_REQUEST, _State.AWAIT_CAPTURE):
+            self._fail(f"no complete request within {REQUEST_TIMEOUT:g} s")
 
     def _read_request(self) -> None:
         line, found, rest = self._buffer.partition(b"\n")
@@ -184,6 +199,7 @@ class ControlConnection(protocol.Protocol):
         if self._buffer:
             data, self._buffer = self._buffer, b""
             self._ssh.dataReceived(data)
+        self.transport.resumeProducing()  # if paused past EARLY_SSH_LIMIT
 
     def _connect_failed(self, failure: Failure) -> None:
         if failure.check(UserError):
@@ -216,6 +232,8 @@ class ControlConnection(protocol.Protocol):
     def connectionLost(self, reason: Failure = protocol.connectionDone) -> None:
         was = self._state
         self._state = _State.CLOSED
+        if self._request_timer is not None and self._request_timer.active():
+            self._request_timer.cancel()
         for fd in self._fds:
             os.close(fd)
         self._fds.clear()

@@ -59,7 +59,7 @@ class RelayDaemon:
         self._port = None
         self._adopted = False
         _private_dir(paths.state_dir)
-        self.client_factory = ClientTransportFactory(load_or_create(paths.host_key, paths.known_hosts))
+        self.client_factory = ClientTransportFactory(reactor, load_or_create(paths.host_key, paths.known_hosts))
         self.client_factory.doStart()
 
     # -- the socket ---------------------------------------------------------------------

@@ -9,13 +9,18 @@ from __future__ import annotations
 
 from twisted.conch.ssh import factory, keys, service, transport, userauth
 from twisted.conch.ssh.common import getNS
-from twisted.internet.interfaces import IDelayedCall
+from twisted.internet import interfaces
 from twisted.python.failure import Failure
 
 from relayd.jobs import JobSession
 from relayd.relay import CHANNEL_CLOSE, Client, ProtocolViolation
 from relayd.sshtransport import PacketTransport
 from relayd.traffic import Traffic
+
+DISCONNECT_LINGER = 5.0  # seconds a disconnected client has to hang up before the relay does
+# How long the relay waits for a client to close the sessions it closed (so that their last
+# words are written out) before it sends DISCONNECT.
+CLOSING_SECONDS = 1.0
 
 
 class _AcceptingUserAuth(service.SSHService):
@@ -44,11 +49,6 @@ class _ClientConnection(service.SSHService):
         self.transport.relay_from_client(messageNum, packet)
 
 
-# How long the relay waits for a client to close the sessions it closed (so that their last
-# words are written out) before it ends the connection.
-CLOSING_SECONDS = 1.0
-
-
 class ClientTransport(PacketTransport, transport.SSHServerTransport):
     """One ssh client's connection, bound to a job's session when the daemon said OK."""
 
@@ -57,10 +57,17 @@ class ClientTransport(PacketTransport, transport.SSHServerTransport):
     username = b""
     disconnect_reason: str | None = None  # why the relay ended this client, for the connection log
     _closing = 0  # sessions the relay closed whose close the client has yet to answer
-    _closing_timer: IDelayedCall | None = None
+    _closing_timer: interfaces.IDelayedCall | None = None
+    _linger: interfaces.IDelayedCall | None = None
 
     def __init__(self) -> None:
         self.traffic = Traffic()
+
+    def hang_up(self) -> None:
+        """Half-close and discard what ssh still sends until it hangs up: closing outright while
+        ssh writes (an upload) fails its write with a broken pipe before it reads the reason."""
+        self.transport.loseWriteConnection()
+        self._linger = self.factory.reactor.callLater(DISCONNECT_LINGER, self.transport.loseConnection)
 
     def receiveError(self, reasonCode: int, description: bytes) -> None:
         self._log.debug("client disconnected: {reason}", reason=description)
@@ -92,27 +99,29 @@ class ClientTransport(PacketTransport, transport.SSHServerTransport):
     def disconnect(self, reason: str, closing: int = 0) -> None:
         self.disconnect_reason = reason
         if closing:
-            from twisted.internet import reactor
-
             self._closing = closing
-            self._closing_timer = reactor.callLater(CLOSING_SECONDS, self._end)
+            self._closing_timer = self.factory.reactor.callLater(CLOSING_SECONDS, self._end)
         else:
             self._end()
 
     def _end(self) -> None:
         self._closing = 0
-        if self._closing_timer is not None and self._closing_timer.active():
-            self._closing_timer.cancel()
+        _cancel(self._closing_timer)
         assert self.disconnect_reason is not None
         self.sendDisconnect(transport.DISCONNECT_BY_APPLICATION, self.disconnect_reason.encode())
 
     def connectionLost(self, reason: Failure | None = None) -> None:
-        if self._closing_timer is not None and self._closing_timer.active():
-            self._closing_timer.cancel()
+        _cancel(self._closing_timer)
+        _cancel(self._linger)
         super().connectionLost(reason)
         if self.client is not None:
             self.session.detach(self.client)
             self.client = None
+
+
+def _cancel(call: interfaces.IDelayedCall | None) -> None:
+    if call is not None and call.active():
+        call.cancel()
 
 
 class ClientTransportFactory(factory.SSHFactory):
@@ -122,7 +131,8 @@ class ClientTransportFactory(factory.SSHFactory):
     protocol = ClientTransport
     services = {b"ssh-userauth": _AcceptingUserAuth}
 
-    def __init__(self, host_key: keys.Key) -> None:
+    def __init__(self, reactor: interfaces.IReactorTime, host_key: keys.Key) -> None:
+        self.reactor = reactor
         self.publicKeys = {host_key.sshType(): host_key.public()}
         self.privateKeys = {host_key.sshType(): host_key}
         self.primes = None

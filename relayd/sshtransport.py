@@ -14,14 +14,18 @@ missing underneath:
   chacha20-poly1305 and the EtM MACs need: the peer's KEXINIT must come first, nothing
   but key exchange messages may come before the first NEWKEYS, and sequence numbers
   restart at 0 after each NEWKEYS;
+- after sending DISCONNECT nothing the peer sends is acted on, and `hang_up` chooses how
+  the connection ends (the client leg half-closes);
 - no compression: the client leg is a local socket and the job's sshd (HTCondor's
   template) offers none, so zlib would only cost CPU.
 """
 
 from __future__ import annotations
 
+import struct
+
 from twisted.conch.ssh import transport
-from twisted.conch.ssh.common import getNS
+from twisted.conch.ssh.common import NS, getNS
 
 from relayd import packetcrypto
 
@@ -68,6 +72,7 @@ class PacketTransport(transport.SSHTransportBase):
     _strict = False
     _initial_kex = True  # until the first NEWKEYS from the peer
     _seen_kexinit = False
+    _disconnected = False  # we sent DISCONNECT: nothing the peer sends after it is acted on
 
     def connectionMade(self) -> None:
         strict = _STRICT_CLIENT if self.isClient else _STRICT_SERVER
@@ -92,6 +97,15 @@ class PacketTransport(transport.SSHTransportBase):
             if self._strict:
                 self.outgoingPacketSequence = 0
 
+    def sendDisconnect(self, reason: int, desc: bytes) -> None:
+        self._disconnected = True
+        self.sendPacket(transport.MSG_DISCONNECT, struct.pack(">L", reason) + NS(desc) + NS(b""))
+        self.hang_up()
+
+    def hang_up(self) -> None:
+        """End the connection once DISCONNECT is on its way."""
+        self.transport.loseConnection()
+
     def _keySetup(self, sharedSecret: bytes, exchangeHash: bytes) -> None:
         negotiated = self.nextEncryptions
         self.nextEncryptions = _Algorithms(negotiated.outCipType, negotiated.inCipType, negotiated.outMACType,
@@ -107,10 +121,13 @@ class PacketTransport(transport.SSHTransportBase):
             self._receive(leftover)
 
     def dataReceived(self, data: bytes) -> None:
-        if self.gotVersion:
+        # Conch looks for the version line in all it is given and refuses more than 4 KB before
+        # it, so it gets a line at a time: a peer may send its KEXINIT without waiting for ours.
+        while data and not self.gotVersion and not self._disconnected:
+            line, newline, data = data.partition(b"\n")
+            super().dataReceived(line + newline)
+        if data and not self._disconnected:
             self._receive(data)
-        else:
-            super().dataReceived(data)
 
     def _receive(self, data: bytes) -> None:
         view = memoryview(data)
@@ -120,7 +137,7 @@ class PacketTransport(transport.SSHTransportBase):
                 if self._rest:
                     return  # still incomplete: all of `view` went into it
             pos = 0
-            while pos < len(view) and not self.transport.disconnecting:
+            while pos < len(view) and not self._disconnected and not self.transport.disconnecting:
                 size = self._size(view[pos:])
                 if size is None or len(view) - pos < size:
                     break

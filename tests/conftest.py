@@ -133,10 +133,10 @@ class Relay:
         assert self.process is not None
         return self.process.pid
 
-    def rss_kib(self) -> int:
-        """The daemon's resident memory."""
+    def rss_kib(self, field: str = "VmRSS") -> int:
+        """The daemon's resident memory (field="VmHWM": its peak so far)."""
         status = Path(f"/proc/{self.pid}/status").read_text()
-        return int(next(line.split()[1] for line in status.splitlines() if line.startswith("VmRSS:")))
+        return int(next(line.split()[1] for line in status.splitlines() if line.startswith(f"{field}:")))
 
     def open_fds(self) -> int:
         return len(os.listdir(f"/proc/{self.pid}/fd"))

@@ -1,19 +1,25 @@
 """Bad input on the daemon's socket: garbage, oversized and half-sent requests, clients
-that leave during a negotiation, and SSH clients that speak nonsense after the banner,
-after key exchange and after authentication. Each such connection is logged and dropped
-alone; a session open alongside carries every byte through."""
+that stall mid-request, flood before the OK or leave during a negotiation, and SSH clients
+that speak nonsense after the banner, after key exchange and after authentication. Each
+such connection is logged and dropped alone; a session open alongside carries every byte
+through."""
 
 from __future__ import annotations
 
 import json
+import os
 import socket
+import struct
+import subprocess
 import sys
+import threading
 from pathlib import Path
 
 import pytest
 from conftest import EchoSession, Relay, wait_for
 from rogue_ssh import MESSAGES, TRANSPORT_CASES
 
+from relayd.control import REQUEST_TIMEOUT
 from relayd.protocol import format_connect
 from relayd.sandbox import pool as sandbox
 
@@ -105,4 +111,89 @@ def test_ssh_clients_speaking_nonsense_are_dropped_alone(relay, cases):
     assert b"Unhandled Error" not in rogue.stderr, rogue.stderr.decode()
     working.finish()
     assert relay.negotiations() == 1  # the job's connection never went down
+    assert_nothing_unhandled(relay)
+
+
+def read_to_end(sock: socket.socket) -> bytes:
+    received = b""
+    while chunk := sock.recv(65536):
+        received += chunk
+    return received
+
+
+def test_stalled_requests_time_out_but_negotiations_and_sessions_do_not(relay):
+    working = EchoSession(relay, relay.running_job())
+    sandbox.configure_pool(relay.pool_dir, negotiation_delay=REQUEST_TIMEOUT + 2)
+    slow = subprocess.Popen(relay.ssh_argv(relay.running_job(), "echo reached"), env=relay.home.env,
+                            stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    bait, kept = socket.socketpair()
+    stalled = []
+    for partial, fds in [(b"CONNECT job-1.0.con", []), (f"CAPTURE {TOKEN}\n".encode(), []),
+                         (f"CAPTURE {TOKEN}\n{{\"ke".encode(), [bait.fileno()])]:
+        sock = socket.socket(socket.AF_UNIX)
+        sock.settimeout(REQUEST_TIMEOUT * 3)
+        sock.connect(str(relay.home.socket))
+        socket.send_fds(sock, [partial], fds)
+        stalled.append(sock)
+    bait.close()
+    for sock in stalled:
+        assert read_to_end(sock) == f"ERROR no complete request within {REQUEST_TIMEOUT:g} s\n".encode()
+        sock.close()
+    assert kept.recv(1) == b""  # the half-sent capture's socket was closed too
+    out, err = slow.communicate(timeout=120)  # its negotiation outlasted the request timeout
+    assert slow.returncode == 0 and out == b"reached\n", err
+    working.feed()  # and so did the session's quiet spell
+    working.finish()
+    assert_nothing_unhandled(relay)
+
+
+def plain_packet(payload: bytes) -> bytes:
+    """An SSH packet as sent before the first key exchange (RFC 4253 6): unencrypted, no MAC."""
+    padding = 8 - (5 + len(payload)) % 8
+    padding += 8 if padding < 4 else 0
+    return struct.pack(">LB", 1 + len(payload) + padding, padding) + payload + bytes(padding)
+
+
+def name_lists(*names: bytes) -> bytes:
+    return b"".join(struct.pack(">L", len(name)) + name for name in names)
+
+
+IGNORE = plain_packet(b"\x02" + name_lists(b"\xff" * 32 * 1024))  # a misread length field is too large
+UNMATCHABLE_KEXINIT = plain_packet(b"\x14" + os.urandom(16) + name_lists(*[b"none-such"] * 10) + bytes(5))
+
+
+def test_ssh_sent_before_the_ok_is_held_back_in_bounded_memory_and_in_order(relay):
+    working = EchoSession(relay, relay.running_job())
+    sandbox.configure_pool(relay.pool_dir, negotiation_delay=3)
+    peak_before = relay.rss_kib("VmHWM")
+    sock = socket.socket(socket.AF_UNIX)
+    sock.settimeout(60)
+    sock.connect(str(relay.home.socket))
+    sock.sendall(format_connect(relay.running_job(), 22) + b"SSH-2.0-flood\r\n")
+    sent, answered = 0, threading.Event()
+
+    def flood() -> None:
+        nonlocal sent
+        while not answered.is_set() and sent < 32 * MIB:
+            sock.sendall(IGNORE)
+            sent += len(IGNORE)
+
+    flooder = threading.Thread(target=flood)
+    flooder.start()
+    assert relay.exchange(b"STATUS\n")[0].startswith("OK "), "another client was not served"
+    working.feed()
+    replies = sock.makefile("rb")
+    while (line := replies.readline()).startswith(b"PROGRESS "):
+        pass
+    sent_before_ok = sent
+    answered.set()
+    flooder.join(60)
+    assert line == b"OK\n"
+    assert sent_before_ok < 4 * MIB  # the daemon stopped reading; the rest waited in the kernel
+    assert relay.rss_kib("VmHWM") - peak_before < 16 * 1024
+    # Every flooded packet reached the SSH transport whole and in order: it answers the KEXINIT
+    # after them (a misframed packet would end it with "bad packet length" instead).
+    sock.sendall(UNMATCHABLE_KEXINIT)
+    assert b"couldn't match all kex parts" in replies.read()
+    working.finish()
     assert_nothing_unhandled(relay)

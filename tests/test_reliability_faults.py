@@ -37,11 +37,11 @@ def kill_sshds(relay: Relay, host: str) -> None:
             kill_tree(process)
 
 
-def assert_failed_loudly(done: subprocess.Popen) -> None:
-    """ssh exits 255 with a message: the relay's reason, or the broken pipe when ssh was
-    writing as the relay hung up."""
-    stderr = done.stderr.read()
-    assert done.returncode == 255 and stderr.strip(), stderr
+def assert_failed_loudly(done: subprocess.Popen, host: str) -> None:
+    """ssh exits 255 with the relay's reason."""
+    stderr = done.stderr.read().decode()
+    assert done.returncode == 255, stderr
+    assert "Received disconnect from " in stderr and f"connection to job {job_id(host)[0]}.0 lost" in stderr, stderr
 
 
 def test_back_to_back_negotiations_all_finish_and_leave_no_zombie(relay):
@@ -103,7 +103,7 @@ def test_sshd_killed_mid_transfer_fails_loudly_and_spares_other_jobs(relay):
         received += len(chunk)
     pull.wait(30)
     assert KILL_AFTER <= received < TRANSFER
-    assert_failed_loudly(pull)
+    assert_failed_loudly(pull, victim)
 
     # upload, over a fresh negotiation
     push = subprocess.Popen(relay.ssh_argv(victim, "cat > upload"), env=relay.home.env, stdin=subprocess.PIPE,
@@ -116,9 +116,28 @@ def test_sshd_killed_mid_transfer_fails_loudly_and_spares_other_jobs(relay):
             push.stdin.write(data)
         push.stdin.close()
     push.wait(30)
-    assert_failed_loudly(push)
+    assert_failed_loudly(push, victim)
 
     bystander.finish()
+
+
+def test_sshd_killed_during_an_upload_reaches_ssh_as_the_relays_reason(relay):
+    # Regression: the daemon closed its end with the upload unread, so ssh's next write
+    # often failed with a broken pipe before it read the DISCONNECT.
+    host = relay.running_job()
+    data = os.urandom(CHUNK)
+    for _ in range(15):
+        push = subprocess.Popen(relay.ssh_argv(host, "cat > /dev/null"), env=relay.home.env, stdin=subprocess.PIPE,
+                                stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+        with contextlib.suppress(BrokenPipeError):
+            for sent in range(0, TRANSFER, CHUNK):
+                if sent == 8 * MIB:
+                    kill_sshds(relay, host)
+                push.stdin.write(data)
+        with contextlib.suppress(BrokenPipeError):
+            push.stdin.close()
+        push.wait(30)
+        assert_failed_loudly(push, host)
 
 
 def test_daemon_killed_with_sigkill_restarts_over_its_stale_socket(relay):

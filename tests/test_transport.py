@@ -7,10 +7,13 @@ import os
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
+from cryptography.hazmat.primitives.asymmetric import ed25519
+from twisted.conch.ssh import keys
+from twisted.internet.task import Clock
 from twisted.internet.testing import StringTransport
 
 from relayd import packetcrypto
-from relayd.downstream import ClientTransport
+from relayd.downstream import DISCONNECT_LINGER, ClientTransport, ClientTransportFactory
 from relayd.sshtransport import PacketTransport, _Algorithms
 
 PAIRS = [(c, b"hmac-sha2-256") for c in packetcrypto.CIPHERS] + [(b"aes128-ctr", m) for m in packetcrypto.MACS]
@@ -124,27 +127,55 @@ def _kexinit(*kex: bytes) -> bytes:
     return _plain(20, os.urandom(16) + b"".join(len(n).to_bytes(4, "big") + n for n in lists) + bytes(5))
 
 
-def _server_fed(*packets: bytes) -> StringTransport:
-    """The client leg's transport after an OpenSSH banner and `packets`; what it wrote."""
-    server = ClientTransport()
-    server.makeConnection(StringTransport())
+class _HalfClosable(StringTransport):
+    write_closed = False
+
+    def loseWriteConnection(self) -> None:
+        self.write_closed = True
+
+
+HOST_KEY = keys.Key(ed25519.Ed25519PrivateKey.generate())
+
+
+def _server_fed(*packets: bytes, clock: Clock | None = None) -> ClientTransport:
+    """The client leg's transport after an OpenSSH banner and `packets`, in one read."""
+    server = ClientTransportFactory(clock or Clock(), HOST_KEY).buildProtocol(None)
+    server.makeConnection(_HalfClosable())
     server.dataReceived(b"SSH-2.0-OpenSSH_9.2\r\n" + b"".join(packets))
-    return server.transport
+    return server
 
 
 IGNORE = _plain(2, b"\0\0\0\0")
+STRICT_KEXINIT = _kexinit(b"curve25519-sha256", b"kex-strict-c-v00@openssh.com")
 
 
 def test_strict_kex_refuses_anything_but_key_exchange_before_newkeys():
-    wrote = _server_fed(_kexinit(b"curve25519-sha256", b"kex-strict-c-v00@openssh.com"), IGNORE)
-    assert wrote.disconnecting and b"strict kex: unexpected message 2" in wrote.value()
+    wrote = _server_fed(STRICT_KEXINIT, IGNORE).transport
+    assert wrote.write_closed and b"strict kex: unexpected message 2" in wrote.value()
 
 
 def test_strict_kex_refuses_a_kexinit_that_is_not_the_first_packet():
-    wrote = _server_fed(IGNORE, _kexinit(b"curve25519-sha256", b"kex-strict-c-v00@openssh.com"))
-    assert wrote.disconnecting and b"KEXINIT was not the first packet" in wrote.value()
+    wrote = _server_fed(IGNORE, STRICT_KEXINIT).transport
+    assert wrote.write_closed and b"KEXINIT was not the first packet" in wrote.value()
+
+
+def test_a_disconnected_client_is_half_closed_and_ignored_until_it_hangs_up_or_lingers():
+    clock = Clock()
+    server = _server_fed(IGNORE, STRICT_KEXINIT, clock=clock)
+    wrote = server.transport
+    assert wrote.write_closed and not wrote.disconnecting  # ssh can still write, and read the reason
+    sent = wrote.value()
+    server.dataReceived(_kexinit(b"curve25519-sha256") + b"\xff" * 4096)  # a bad length, were it read
+    assert wrote.value() == sent  # acted on nothing
+    clock.advance(DISCONNECT_LINGER)
+    assert wrote.disconnecting
+
+
+def test_packets_in_the_read_with_the_banner_do_not_count_as_an_overlong_version():
+    wrote = _server_fed(*[IGNORE] * 1000, _kexinit(b"curve25519-sha256")).transport
+    assert not wrote.write_closed and b"kex-strict-s-v00@openssh.com" in wrote.value()
 
 
 def test_without_strict_kex_a_message_before_kexinit_is_tolerated():
-    wrote = _server_fed(IGNORE, _kexinit(b"curve25519-sha256"))
-    assert not wrote.disconnecting and b"kex-strict-s-v00@openssh.com" in wrote.value()
+    wrote = _server_fed(IGNORE, _kexinit(b"curve25519-sha256")).transport
+    assert not wrote.write_closed and b"kex-strict-s-v00@openssh.com" in wrote.value()
