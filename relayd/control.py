@@ -128,8 +128,15 @@ class ControlConnection(protocol.Protocol):
             self._read_request()
         if self._state is _State.AWAIT_CAPTURE:
             self._read_capture()
+        if self._state not in (_State.AWAIT_REQUEST, _State.AWAIT_CAPTURE):
+            self._stop_request_timer()
         if self._state is _State.CONNECTING and len(self._buffer) > EARLY_SSH_LIMIT:
             self.transport.pauseProducing()  # the kernel's buffers hold the rest; _connected resumes
+
+    def _stop_request_timer(self) -> None:
+        if self._request_timer is not None and self._request_timer.active():
+            self._request_timer.cancel()
+        self._request_timer = None
 
     def _request_timed_out(self) -> None:
         if self._state in (_State.AWAIT_REQUEST, _State.AWAIT_CAPTURE):
@@ -232,8 +239,7 @@ class ControlConnection(protocol.Protocol):
     def connectionLost(self, reason: Failure = protocol.connectionDone) -> None:
         was = self._state
         self._state = _State.CLOSED
-        if self._request_timer is not None and self._request_timer.active():
-            self._request_timer.cancel()
+        self._stop_request_timer()
         for fd in self._fds:
             os.close(fd)
         self._fds.clear()
