@@ -366,7 +366,8 @@ class Relay:
             client.link.disconnect(reason, closing=told[id(client)])
 
     def _tell_sessions(self, client: Client, reason: str) -> int:
-        """Write the reason to each of the client's open sessions and close them; how many."""
+        """Write the reason to each of the client's open sessions with room for it in their
+        window, and close them; how many."""
         told = 0
         for relay_id in sorted(client.channels):
             channel = self._channels[relay_id]
@@ -375,8 +376,9 @@ class Relay:
                 continue
             end = "\r\n" if channel.pty_requested else "\n"  # a terminal is in raw mode meanwhile
             note = f"condor-relay: {reason}{end}".encode()
-            if channel.client_window >= len(note):
-                client.link.send(CHANNEL_EXTENDED_DATA, _u32(channel.client_id) + _u32(EXTENDED_DATA_STDERR) + _string(note))
+            if channel.client_window < len(note):
+                continue  # no room to say it (a download filled the window): the disconnect message will
+            client.link.send(CHANNEL_EXTENDED_DATA, _u32(channel.client_id) + _u32(EXTENDED_DATA_STDERR) + _string(note))
             client.link.send(CHANNEL_CLOSE, _u32(channel.client_id))
             told += 1
         return told

@@ -283,3 +283,15 @@ def test_a_burst_of_sessions_negotiates_legs_side_by_side():
     for i in range(20):
         relay.from_client(client, r.CHANNEL_OPEN, s(b"session") + u32(100 + i) + u32(100) + u32(100))
     assert harness.legs_wanted == 3 + r.MAX_LEGS_IN_NEGOTIATION
+
+
+def test_shutdown_leaves_a_session_with_a_full_window_to_the_disconnect_message(setup):
+    relay, upstream = setup
+    client = relay.attach(Link())
+    relay_id = open_session(relay, upstream, client, 0, 1)
+    chunk = b"x" * 32768
+    for _ in range((2 << 20) // len(chunk)):  # a download fills the client's whole window
+        relay.from_leg(relay.leg, r.CHANNEL_DATA, u32(relay_id) + s(chunk))
+    relay.shutdown("connection to job 1.0 lost")
+    assert client.link.sent[-1][0] == r.CHANNEL_DATA  # no note (no room for it), no close
+    assert client.link.disconnected == "connection to job 1.0 lost" and client.link.closing == 0
