@@ -17,7 +17,7 @@ from relayd.relay import CHANNEL_CLOSE, Client, ProtocolViolation
 from relayd.sshtransport import PacketTransport
 from relayd.traffic import Traffic
 
-DISCONNECT_LINGER = 5.0  # seconds a disconnected client has to hang up before the relay does
+DISCONNECT_LINGER = 5.0  # seconds a disconnected client has to hang up before the relay drops it
 # How long the relay waits for a client to close the sessions it closed (so that their last
 # words are written out) before it sends DISCONNECT.
 CLOSING_SECONDS = 1.0
@@ -67,7 +67,8 @@ class ClientTransport(PacketTransport, transport.SSHServerTransport):
         """Half-close and discard what ssh still sends until it hangs up: closing outright while
         ssh writes (an upload) fails its write with a broken pipe before it reads the reason."""
         self.transport.loseWriteConnection()
-        self._linger = self.factory.reactor.callLater(DISCONNECT_LINGER, self.transport.loseConnection)
+        # abort, not lose: a client that reads nothing would keep unsent bytes, and so us, waiting
+        self._linger = self.factory.reactor.callLater(DISCONNECT_LINGER, self.transport.abortConnection)
 
     def receiveError(self, reasonCode: int, description: bytes) -> None:
         self._log.debug("client disconnected: {reason}", reason=description)

@@ -168,7 +168,7 @@ def test_a_disconnected_client_is_half_closed_and_ignored_until_it_hangs_up_or_l
     server.dataReceived(_kexinit(b"curve25519-sha256") + b"\xff" * 4096)  # a bad length, were it read
     assert wrote.value() == sent  # acted on nothing
     clock.advance(DISCONNECT_LINGER)
-    assert wrote.disconnecting
+    assert wrote.disconnected  # aborted: a client that reads nothing cannot hold the relay's unsent bytes
 
 
 def test_packets_in_the_read_with_the_banner_do_not_count_as_an_overlong_version():
