@@ -4,7 +4,7 @@ The first client to ask for a job starts the session; clients that ask meanwhile
 for the same negotiation. More legs are negotiated only when sshd's MaxSessions is
 reached. Legs close when unused for `idle_timeout` (the first one once no client is
 attached), because a live sshd keeps the job's slot claimed even after the job exits.
-The first leg's clock starts at its last channel, not at its last client: an ssh
+The first leg's clock starts at the job's last channel, not at its last client: an ssh
 ControlMaster stays attached `ControlPersist` seconds after its last session, and the slot
 should not wait for both.
 """
@@ -54,7 +54,7 @@ class JobSession:
         self._connections: dict[Leg, UpstreamConnection] = {}
         self._legs: dict[UpstreamConnection, Leg] = {}
         self._timers: dict[Leg, object] = {}
-        self._quiet_since = 0.0  # when the first leg last had no channels
+        self._quiet_since = 0.0  # when the job last had no channels
         self._waiters: list[tuple[defer.Deferred[JobSession], Progress]] = []
         self.ready = False
         self.relay = Relay(self._need_leg, self._leg_idle, max_sessions=max_sessions)
@@ -138,9 +138,8 @@ class JobSession:
     def detach(self, client: Client) -> None:
         self.relay.detach(client)
         if not self.relay.clients and self.relay.legs:
-            first = self.relay.legs[0]
-            quiet = 0.0 if first.channels else self._reactor.seconds() - self._quiet_since
-            self._arm_timer(first, max(0.0, self._idle_timeout - quiet))
+            quiet = 0.0 if self.relay.channels else self._reactor.seconds() - self._quiet_since
+            self._arm_timer(self.relay.legs[0], max(0.0, self._idle_timeout - quiet))
 
     # -- ending -------------------------------------------------------------------------------
 
@@ -178,9 +177,9 @@ class JobSession:
     # -- idle timers ------------------------------------------------------------------------
 
     def _leg_idle(self, leg: Leg) -> None:
-        if leg is self.relay.legs[0]:
+        if not self.relay.channels:
             self._quiet_since = self._reactor.seconds()
-        else:
+        if leg is not self.relay.legs[0]:
             self._arm_timer(leg)
 
     def _arm_timer(self, leg: Leg, delay: float | None = None) -> None:
