@@ -355,15 +355,15 @@ class Relay:
         Open sessions first get the reason on stderr, then a close: behind ssh's ControlMaster
         the user's ssh is a mux client, which never sees the master's disconnect message.
         """
-        told = {id(client): self._tell_sessions(client, reason) for client in self._clients}
         clients, self._clients = self._clients, []
+        told = [self._tell_sessions(client, reason) for client in clients]
         self._channels.clear()
         self._legs.clear()
         self._waiting.clear()
-        for client in clients:
+        for client, closing in zip(clients, told):
             client.attached = False
             client.channels.clear()
-            client.link.disconnect(reason, closing=told[id(client)])
+            client.link.disconnect(reason, closing=closing)
 
     def _tell_sessions(self, client: Client, reason: str) -> int:
         """Write the reason to each of the client's open sessions with room for it in their
