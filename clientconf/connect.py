@@ -1,10 +1,12 @@
 """`relayd connect HOST PORT`: the ProxyCommand helper ssh runs for every connection.
 
 It asks the daemon for HOST over the unix socket (starting the daemon if none listens),
-shows the daemon's progress and errors on stderr, and on success hands the connected
-socket itself to ssh (ProxyUseFdpass) and exits, so no copy process stays in the data
-path. With `--stdio` (behind an outer ssh, where no descriptor can be passed) it copies
-between stdin/stdout and the socket instead.
+and once the daemon says OK -- at once: the daemon reaches the job while ssh does its key
+exchange, and reports progress and failures through SSH itself -- it hands the connected
+socket to ssh (ProxyUseFdpass) and exits, so no copy process stays in the data path.
+With `--stdio` (behind an outer ssh, where no descriptor can be passed) it copies
+between stdin/stdout and the socket instead. When it fails itself (no daemon, a bad
+request), relayd.refusal tells ssh why over SSH in the daemon's place.
 
 Its start-up is on every connection's critical path (about 11 ms, 8 of them Python's own),
 so it imports only light stdlib modules: main() parses the command line itself (argparse
@@ -89,19 +91,14 @@ def _open(socket_path: str, autostart: bool, display: ProgressDisplay) -> _socke
 
 
 def _ask(sock: _socket.socket, request: bytes, display: ProgressDisplay) -> None:
-    """Send the request and follow the replies until OK; raises _Failed otherwise."""
+    """Send the request and read the reply: OK, or raise _Failed."""
     if display.interactive:
         sock.settimeout(TICK_SECONDS)
     sock.sendall(request)
-    while True:
-        kind, _, text = _read_line(sock, display).partition(" ")
-        if kind == "OK":
-            sock.setblocking(True)  # ssh gets this very descriptor, flags included
-            return
-        if kind == "ERROR":
-            raise _Failed(text)
-        if kind == "PROGRESS":
-            display.step(text)
+    kind, _, text = _read_line(sock, display).partition(" ")
+    sock.setblocking(True)  # ssh gets this very descriptor, flags included
+    if kind != "OK":
+        raise _Failed(text if kind == "ERROR" else f"unexpected reply from the relay daemon: {kind[:40]!r}")
 
 
 def _attempt(socket_path: str, request: bytes, autostart: bool, display: ProgressDisplay) -> _socket.socket:
@@ -129,7 +126,7 @@ WAIT_ENV = "CONDOR_RELAY_WAIT"  # e.g. CONDOR_RELAY_WAIT=600 ssh job-1.0.condor
 
 def connect(socket_path: str, host: str, port: int, stdio: bool = False, autostart: bool = True,
             user: str | None = None) -> int:
-    """Run the helper; returns the exit status (255 on failure, as ssh's own)."""
+    """Run the helper; returns the exit status (255 when it could not even refuse over SSH)."""
     display = ProgressDisplay(sys.stderr)
     try:
         wait = os.environ.get(WAIT_ENV)
@@ -138,24 +135,51 @@ def connect(socket_path: str, host: str, port: int, stdio: bool = False, autosta
         except ValueError as exc:
             raise _Failed(f"{exc} (from {WAIT_ENV}={wait})" if wait and not isinstance(exc, BadRequest)
                           else str(exc)) from None
-        sock = _connected(socket_path, request, autostart, display)
-        display.clear()
         try:
-            if stdio:
-                from clientconf.splice import splice  # noqa: PLC0415
-
-                splice(sock)
-            else:
-                _hand_to_ssh(sock)
-        finally:
-            sock.close()
+            sock = _connected(socket_path, request, autostart, display)
+        except OSError as exc:
+            raise _Failed(f"connection to the relay daemon failed: {exc.strerror or exc}") from None
+        display.clear()
     except (BadRequest, _Failed) as exc:
-        display.say(str(exc))
+        display.clear()
+        return _refuse(str(exc), stdio)
+    return _hand_over(sock, stdio)
+
+
+def _hand_over(sock: _socket.socket, stdio: bool) -> int:
+    """Give ssh the connection: pass the socket itself, or copy through stdin/stdout."""
+    try:
+        if stdio:
+            from clientconf.splice import splice  # noqa: PLC0415
+
+            splice(sock)
+        else:
+            _hand_to_ssh(sock)
+    except (_Failed, OSError) as exc:
+        sys.stderr.write(f"condor-relay: {exc}\n")
         return EXIT_ERROR
-    except OSError as exc:
-        display.say(f"connection to the relay daemon failed: {exc.strerror or exc}")
-        return EXIT_ERROR
+    finally:
+        sock.close()
     return 0
+
+
+def _refuse(message: str, stdio: bool) -> int:
+    """Tell ssh why over SSH: relayd.refusal speaks as the relay on one end of a socket pair,
+    and ssh gets the other end as it would the daemon's socket."""
+    import subprocess  # noqa: PLC0415 (the failure path only)
+
+    ours, theirs = _socket.socketpair(_socket.AF_UNIX, _socket.SOCK_STREAM)
+    try:
+        subprocess.Popen([sys.executable, "-m", "relayd.refusal", message], stdin=theirs.fileno(),
+                         stdout=theirs.fileno(), cwd="/", start_new_session=True)
+    except OSError as exc:
+        ours.close()
+        sys.stderr.write(f"condor-relay: {message}\n")
+        sys.stderr.write(f"condor-relay: (could not start relayd.refusal: {exc.strerror or exc})\n")
+        return EXIT_ERROR
+    finally:
+        theirs.close()
+    return _hand_over(ours, stdio)
 
 
 SUMMARY = "ProxyCommand helper (used by the generated ssh_config)"

@@ -49,7 +49,7 @@ class BlockSettings:
     helper: str  # absolute path of condor-relay-connect
     socket: str
     known_hosts: str
-    multiplexing: bool = True  # ssh's ControlMaster in front of the relay (config: ssh_multiplexing)
+    multiplexing: bool = False  # ssh's ControlMaster in front of the relay (config: ssh_multiplexing)
     control_persist: int = 30  # seconds a master without sessions stays (the daemon's idle_timeout)
 
     @property
@@ -114,16 +114,21 @@ def _pinning(known_hosts: str) -> list[str]:
 
 
 def _multiplexing(settings: BlockSettings) -> list[str]:
-    """One ssh master per job: a warm `ssh` then costs a mux request, not a helper and a key exchange.
+    """By default each ssh is a client of the relay of its own (the relay shares the job's
+    connection among them): ssh's ControlMaster would make a later `ssh -A`/`-X` follow the
+    master's flags, and behind ControlPersist ssh sends the helper's stderr to /dev/null.
+    `ControlMaster no` / `ControlPath none` also keep a user's `Host *` sharing away.
 
-    The master lingers `control_persist` seconds after its last session, as the daemon keeps
-    an upstream `idle_timeout` seconds after its last channel: the job's slot is released
-    as soon as without a master.
+    Opted in (ssh_multiplexing), one ssh master per job: a warm `ssh` then costs a mux
+    request, not a helper and a key exchange. The master lingers `control_persist` seconds
+    after its last session, as the daemon keeps an upstream `idle_timeout` seconds after its
+    last channel: the job's slot is released as soon as without a master.
     """
-    directory = os.path.dirname(settings.control_path)
     if not settings.multiplexing:
-        why = "ssh_multiplexing is false"
-    elif len(settings.control_path.replace("%C", "0" * 40).encode()) > _MAX_CONTROL_PATH:
+        return ["    # each ssh is a client of the relay, which shares one connection per job among them",
+                "    ControlMaster no", "    ControlPath none"]
+    directory = os.path.dirname(settings.control_path)
+    if len(settings.control_path.replace("%C", "0" * 40).encode()) > _MAX_CONTROL_PATH:
         why = f"{directory} is too long a path for ssh's control sockets"
     elif not _PLAIN_WORD.match(directory):
         why = f"{directory} has characters ssh_config would change in a ControlPath"

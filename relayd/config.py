@@ -36,7 +36,7 @@ class Config:
     job_lookup: str = "htcondor"
     domain: str = "condor"
     idle_timeout: float = 30.0
-    ssh_multiplexing: bool = True  # the generated block lets ssh share one connection per job
+    ssh_multiplexing: bool = False  # opt-in: ssh's ControlMaster in front (a later -A/-X then follows the master)
     negotiation_timeout: float = 120.0
     sandbox_pool: str | None = None
     schedds: dict[str, ScheddConfig] = field(default_factory=dict)

@@ -1,14 +1,16 @@
 """One connection on the daemon's unix socket: a request, replies, then maybe SSH.
 
-    AWAIT_REQUEST --CONNECT--> CONNECTING --ok--> SSH (bytes go to a ClientTransport)
+    AWAIT_REQUEST --CONNECT--> OK, SSH (bytes go to a ClientTransport at once)
                   --CAPTURE--> AWAIT_CAPTURE --payload+fd--> CLOSED
                   --STATUS--> (one OK line with the JSON snapshot) CLOSED
                   --STOP--> OK, SIGTERM to the daemon; closed when it shuts down
     any state --error or bad input--> CLOSED (after one ERROR line where possible)
 
-A request (and a capture's payload) must be complete within REQUEST_TIMEOUT: the helper and
-the hook send theirs at once. While CONNECTING, what ssh sends early (banner, KEXINIT) is
-held for the SSH state; past EARLY_SSH_LIMIT the client is no longer read until then.
+A CONNECT is answered OK at once and the socket carries SSH from then on: the daemon
+resolves and reaches the job while ssh does its key exchange with the relay, and tells the
+user how that goes through SSH (see relayd.downstream), which reaches them wherever the
+helper's stderr goes. A request (and a capture's payload) must be complete within
+REQUEST_TIMEOUT: the helper and the hook send theirs at once.
 """
 
 from __future__ import annotations
@@ -48,7 +50,6 @@ if TYPE_CHECKING:
 log = Logger()
 
 REQUEST_TIMEOUT = 10.0  # seconds
-EARLY_SSH_LIMIT = 64 * 1024  # bytes
 
 
 class UserError(Exception):
@@ -71,7 +72,6 @@ def peer_uid(sock: socket.socket) -> int:
 class _State(Enum):
     AWAIT_REQUEST = auto()
     AWAIT_CAPTURE = auto()
-    CONNECTING = auto()
     SSH = auto()
     CLOSED = auto()
 
@@ -130,8 +130,6 @@ class ControlConnection(protocol.Protocol):
             self._read_capture()
         if self._state not in (_State.AWAIT_REQUEST, _State.AWAIT_CAPTURE):
             self._stop_request_timer()
-        if self._state is _State.CONNECTING and len(self._buffer) > EARLY_SSH_LIMIT:
-            self.transport.pauseProducing()  # the kernel's buffers hold the rest; _connected resumes
 
     def _stop_request_timer(self) -> None:
         if self._request_timer is not None and self._request_timer.active():
@@ -169,9 +167,19 @@ class ControlConnection(protocol.Protocol):
             os.kill(os.getpid(), signal.SIGTERM)
             return
         self.host = request.host
-        self._state = _State.CONNECTING
-        connecting = defer.ensureDeferred(self._daemon.connect(request, self._progress))
+        self._start_ssh()
+        connecting = defer.ensureDeferred(self._daemon.connect(request, self._ssh_progress))
         connecting.addCallbacks(self._connected, self._connect_failed)
+
+    def _start_ssh(self) -> None:
+        """Answer OK and speak SSH from here on; what ssh sent with the request goes along."""
+        self.transport.write(reply("OK"))
+        self._state = _State.SSH
+        self._ssh = self._daemon.client_factory.buildProtocol(None)
+        self._ssh.makeConnection(self.transport)
+        if self._buffer:
+            data, self._buffer = self._buffer, b""
+            self._ssh.dataReceived(data)
 
     def _read_capture(self) -> None:
         payload, found, _ = self._buffer.partition(b"\n")
@@ -191,22 +199,13 @@ class ControlConnection(protocol.Protocol):
         self.transport.write(reply("OK"))
         self._close()
 
-    def _progress(self, text: str) -> None:
-        if self._state is _State.CONNECTING:
-            self.transport.write(reply("PROGRESS", text))
+    def _ssh_progress(self, text: str) -> None:
+        if self._ssh is not None:
+            self._ssh.progress(text)
 
     def _connected(self, session) -> None:  # type: ignore[no-untyped-def]
-        if self._state is not _State.CONNECTING:
-            return
-        self.transport.write(reply("OK"))
-        self._state = _State.SSH
-        self._ssh = self._daemon.client_factory.buildProtocol(None)
-        self._ssh.makeConnection(self.transport)
-        self._ssh.bind(session)
-        if self._buffer:
-            data, self._buffer = self._buffer, b""
-            self._ssh.dataReceived(data)
-        self.transport.resumeProducing()  # if paused past EARLY_SSH_LIMIT
+        if self._ssh is not None and self._state is _State.SSH:
+            self._ssh.bind(session)
 
     def _connect_failed(self, failure: Failure) -> None:
         if failure.check(UserError):
@@ -214,7 +213,9 @@ class ControlConnection(protocol.Protocol):
         else:
             log.failure("connect failed", failure)
             message = f"internal error in relayd: {failure.getErrorMessage()}"
-        self._fail(message)
+        self._failure = message
+        if self._ssh is not None and self._state is _State.SSH:
+            self._ssh.refuse(message)
 
     def _fail(self, message: str) -> None:
         if self._state is _State.CLOSED:
@@ -226,11 +227,12 @@ class ControlConnection(protocol.Protocol):
         self._close()
 
     def shutdown(self, reason: str) -> None:
-        """The daemon is stopping: a waiting client hears why; SSH clients are told by their session."""
-        if self._state is _State.CONNECTING:
-            self._fail(reason)
-        elif self._state is not _State.SSH:
+        """The daemon is stopping: a client still waiting for its job hears why; one bound to a
+        session is told by its session."""
+        if self._state is not _State.SSH:
             self._close()
+        elif self._ssh is not None and self._ssh.client is None:
+            self._ssh.refuse(reason)
 
     def _close(self) -> None:
         self._state = _State.CLOSED
@@ -257,7 +259,7 @@ class ControlConnection(protocol.Protocol):
             outcome = f"failed ({self._failure})"
         elif self._ssh is not None and self._ssh.disconnect_reason:
             outcome = f"ended by the relay ({self._ssh.disconnect_reason})"
-        elif state is _State.CONNECTING:
+        elif self._ssh is not None and self._ssh.client is None:
             outcome = "client left while connecting"
         else:
             outcome = "closed"

@@ -9,9 +9,10 @@ Requests (one line, client to daemon):
                              JSON object with the keys, sent together with the socket (SCM_RIGHTS)
     STATUS                   `relayd status` asks what the daemon holds: one `OK <json>` line
     STOP                     `relayd stop`: the daemon answers OK and shuts down as on SIGTERM
-Replies (daemon to client), any number of PROGRESS lines, then OK or ERROR:
-    PROGRESS <text> | ERROR <text> | OK [<json>]
-After OK to a CONNECT, the same socket carries SSH; the helper hands it to ssh.
+Replies (daemon to client), one line:
+    ERROR <text> | OK [<json>]
+A well-formed CONNECT is answered OK at once, and the same socket carries SSH from then on
+(the helper hands it to ssh); what happens while the job is reached is told through SSH.
 
 Stdlib only: the helper imports this on every connection.
 """

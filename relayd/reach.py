@@ -24,6 +24,9 @@ from relayd.negotiate import Captures, Credentials, NegotiationFailed, Negotiato
 from relayd.paths import Paths
 
 RETRY_INTERVAL = 2.0  # between retries of a job that is starting up
+# A waiting client is told how long it has waited this often: each report is a line on its
+# terminal, so not at every check.
+WAIT_REPORT_INTERVAL = 30.0
 
 
 @dataclass(frozen=True)
@@ -76,6 +79,7 @@ class Reacher:
         job = request.job
         started = time.monotonic()
         interval = min(5.0, self._config.watch_interval)
+        reported: float | None = None
         while True:
             ad = await self._query(source, job)
             verdict = assess(job, ad)
@@ -89,7 +93,10 @@ class Reacher:
             if waited >= request.wait:
                 raise NegotiationFailed(f"{verdict.message}; it can be reached once it runs (to wait for it: "
                                         "CONDOR_RELAY_WAIT=<seconds> ssh ..., or wait_for_running in the config)")
-            progress(f"job {job.cluster}.{job.proc} is idle, waiting: {duration(waited)} of {duration(request.wait)}")
+            if reported is None or waited - reported >= WAIT_REPORT_INTERVAL:
+                reported = waited
+                progress(f"job {job.cluster}.{job.proc} is idle, waiting: {duration(waited)} of "
+                         f"{duration(request.wait)}")
             await task.deferLater(self._reactor, min(interval, request.wait - waited), lambda: None)
 
     async def _negotiate(self, job: JobName, schedd: ScheddConfig, progress: Progress, ad: Ad | None,
@@ -103,8 +110,9 @@ class Reacher:
         negotiator = Negotiator(self._reactor, tool, self._captures, str(self._paths.socket),
                                 self._config.negotiation_timeout)
         started = time.monotonic()
+        progress(f"negotiating with job {job.job_id} through condor_ssh_to_job")
+        reported: float | None = None
         while True:
-            progress(f"negotiating with job {job.job_id} through condor_ssh_to_job")
             self.negotiations += 1
             try:
                 return await negotiator.negotiate(job, schedd)
@@ -112,7 +120,10 @@ class Reacher:
                 waited = time.monotonic() - started
                 if not (grace and exc.retryable and waited < self._config.running_grace):
                     raise _with_owner(exc, ad) from None
-                progress(f"job {job.job_id} is starting up; retrying ({duration(waited)})")
+                if reported is None or waited - reported >= WAIT_REPORT_INTERVAL:
+                    reported = waited
+                    progress(f"job {job.job_id} is starting up; condor_ssh_to_job refuses it for now, retrying "
+                             f"for up to {duration(self._config.running_grace)}")
                 await task.deferLater(self._reactor, RETRY_INTERVAL, lambda: None)
 
     def ec2_user(self, asked: str | None) -> str:

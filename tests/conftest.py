@@ -3,9 +3,9 @@
 Every test gets its own HOME and XDG directories; ssh always gets `-F <generated file>`,
 since OpenSSH reads ~/.ssh/config from the passwd home, not from $HOME.
 
-The generated block is rendered with `ssh_multiplexing: false` unless a test asks for it:
-each ssh is then a client of the relay of its own, which is what most tests examine.
-tests/test_e2e_mux.py covers the default, ssh's ControlMaster in front of the relay.
+ssh runs with the block exactly as `relayd ssh-config install` writes it by default (the
+test's $HOME/.ssh/config). tests/test_e2e_mux.py covers the opt-in, ssh's ControlMaster in
+front of the relay (`ssh_multiplexing: true`).
 """
 
 from __future__ import annotations
@@ -67,14 +67,14 @@ class Relay:
         self.pool_dir = pool_dir
         self.relayd = relayd
         self.log_path = home.root / "relayd.log"
-        self.ssh_config = home.root / "ssh_config"
+        self.ssh_config = Path(home.env["HOME"]) / ".ssh" / "config"
         self.process: subprocess.Popen | None = None
 
     def configure(self, **settings: object) -> None:
         import yaml
 
         base = {"condor_ssh_to_job": str(self.pool_dir / "bin" / "condor_ssh_to_job"), "job_lookup": "sandbox",
-                "sandbox_pool": str(self.pool_dir), "ssh_multiplexing": False}
+                "sandbox_pool": str(self.pool_dir)}
         base.update(settings)
         self.home.config_file.parent.mkdir(parents=True, exist_ok=True)
         self.home.config_file.write_text(yaml.safe_dump(base))
@@ -90,9 +90,8 @@ class Relay:
         self.write_ssh_config()
 
     def write_ssh_config(self) -> None:
-        block = subprocess.run([self.relayd, "ssh-config", "print"], env=self.home.env, check=True,
-                               capture_output=True, text=True).stdout
-        self.ssh_config.write_text(block)
+        """The block as users get it: `relayd ssh-config install` into the test's ~/.ssh/config."""
+        subprocess.run([self.relayd, "ssh-config", "install"], env=self.home.env, check=True, capture_output=True)
 
     def stop(self) -> None:
         if self.process and self.process.poll() is None:
@@ -169,6 +168,12 @@ class Relay:
         return subprocess.run(self.ssh_argv(*args), env=self.home.env, input=input, capture_output=True,
                               timeout=timeout, stdin=None if input is not None else subprocess.DEVNULL)
 
+    def ssh_on_terminal(self, *args: str, timeout: float = 60, env: dict[str, str] | None = None
+                        ) -> subprocess.CompletedProcess:
+        """ssh with its stderr on a pseudo-terminal, as a user at a terminal runs it; what the
+        terminal shows comes back as `stderr` (see screen_lines)."""
+        return on_terminal(self.ssh_argv(*args), env or self.home.env, timeout)
+
     def run(self, argv: list[str], timeout: float = 120, **kw) -> subprocess.CompletedProcess:
         return subprocess.run(argv, env=self.home.env, capture_output=True, timeout=timeout, **kw)
 
@@ -234,13 +239,67 @@ def wait_for(predicate: Callable[[], object], timeout: float = 10.0) -> bool:
     return bool(predicate())
 
 
+def on_terminal(argv: list[str], env: dict[str, str], timeout: float = 60) -> subprocess.CompletedProcess:
+    """Run `argv` with stderr on a pseudo-terminal (stdin empty, stdout a pipe); what the
+    terminal shows comes back as `stderr` (see screen_lines)."""
+    import pty
+
+    controller, terminal = pty.openpty()
+    process = subprocess.Popen(argv, env=env, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=terminal)
+    os.close(terminal)
+    shown = b""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        try:
+            chunk = os.read(controller, 65536)
+        except OSError:  # EIO: the terminal closed, every writer exited
+            break
+        if not chunk:
+            break
+        shown += chunk
+    os.close(controller)
+    out = process.stdout.read() if process.stdout else b""
+    returncode = process.wait(timeout=10)
+    return subprocess.CompletedProcess(argv, returncode, out, screen_lines(shown))
+
+
+def screen_lines(shown: bytes) -> bytes:
+    """The lines a terminal is left showing: a line redrawn after CR keeps its last drawing,
+    and erase-to-end-of-line codes are gone."""
+    lines = shown.replace(b"\r\n", b"\n").split(b"\n")
+    return b"\n".join(line.rsplit(b"\r", 1)[-1].replace(b"\x1b[K", b"") for line in lines)
+
+
+OPENSSH_FDPASS_NOISE = ("mm_receive_fd", "proxy dialer")
+
+
 def assert_fails(done: subprocess.CompletedProcess, *fragments: str) -> None:
+    """ssh failed as ssh does (255) and the relay's message is its own line, without the
+    lines OpenSSH prints when a ProxyUseFdpass helper passes nothing."""
     err = done.stderr.decode()
     assert done.returncode == 255, err
+    assert not any(noise in err for noise in OPENSSH_FDPASS_NOISE), err
     ours = [line for line in err.splitlines() if line.startswith("condor-relay: ")]
     assert ours, err
-    for fragment in fragments:  # the error is the last of the helper's lines (progress comes first)
+    for fragment in fragments:  # the error is the last of the relay's lines (progress comes first)
         assert fragment in ours[-1], err
+
+
+def assert_ssh_fails(relay: Relay, host: str, *fragments: str, env: dict[str, str] | None = None) -> None:
+    """`ssh host true` fails with the relay's message both with stderr to a file and on a terminal."""
+    env = env or relay.home.env
+    assert_fails(to_file(relay.ssh_argv(host, "true"), env), *fragments)
+    assert_fails(on_terminal(relay.ssh_argv(host, "true"), env), *fragments)
+
+
+def to_file(argv: list[str], env: dict[str, str], timeout: float = 60) -> subprocess.CompletedProcess:
+    """Run `argv` with stderr sent to a file, as a script or VS Code's log does."""
+    with tempfile.TemporaryFile() as err:
+        done = subprocess.run(argv, env=env, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=err,
+                              timeout=timeout)
+        err.seek(0)
+        done.stderr = err.read()
+    return done
 
 
 @pytest.fixture

@@ -7,7 +7,7 @@ import os
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
-from conftest import assert_fails
+from conftest import assert_ssh_fails
 
 from relayd.sandbox import pool as sandbox
 
@@ -113,15 +113,15 @@ def test_parallel_cold_connections_negotiate_once(relay):
 
 
 def test_bad_name(relay):
-    assert_fails(relay.ssh("job-x.condor", "true"), "not a job name", "expected job-<cluster>")
+    assert_ssh_fails(relay, "job-x.condor", "not a job name", "expected job-<cluster>")
 
 
 def test_missing_idle_and_held_jobs(relay):
-    assert_fails(relay.ssh("job-999.0.condor", "true"), "job 999.0 is not in the queue")
+    assert_ssh_fails(relay, "job-999.0.condor", "job 999.0 is not in the queue")
     idle = sandbox.submit_job(relay.pool_dir, status="idle")
-    assert_fails(relay.ssh(f"job-{idle[0]}.{idle[1]}.condor", "true"), f"job {idle[0]}.{idle[1]} is idle")
+    assert_ssh_fails(relay, f"job-{idle[0]}.{idle[1]}.condor", f"job {idle[0]}.{idle[1]} is idle")
     held = sandbox.submit_job(relay.pool_dir, status="held", HoldReason="Disk quota exceeded")
-    assert_fails(relay.ssh(f"job-{held[0]}.{held[1]}.condor", "true"), "is held: Disk quota exceeded")
+    assert_ssh_fails(relay, f"job-{held[0]}.{held[1]}.condor", "is held: Disk quota exceeded")
     assert relay.negotiations() == 0  # the lookup answered before any negotiation
 
 
@@ -130,8 +130,8 @@ def test_without_lookup_the_tools_own_messages_reach_the_user(relay):
     relay.configure(job_lookup="none")
     relay.start()
     held = sandbox.submit_job(relay.pool_dir, status="held", HoldReason="Disk quota exceeded")
-    assert_fails(relay.ssh(f"job-{held[0]}.{held[1]}.condor", "true"), 'The job is on hold: "Disk quota exceeded"')
-    assert_fails(relay.ssh("job-999.0.condor", "true"), "Unable to fetch job ad")
+    assert_ssh_fails(relay, f"job-{held[0]}.{held[1]}.condor", 'The job is on hold: "Disk quota exceeded"')
+    assert_ssh_fails(relay, "job-999.0.condor", "Unable to fetch job ad")
 
 
 def test_more_sessions_than_maxsessions_open_more_upstreams(relay):

@@ -10,7 +10,7 @@ import time
 from pathlib import Path
 
 import pytest
-from conftest import RELAYD, assert_fails
+from conftest import RELAYD, assert_fails, assert_ssh_fails
 
 from relayd.sandbox import pool as sandbox
 
@@ -33,25 +33,25 @@ def test_schedd_labels_pass_name_pool_and_negotiation_options(relay):
     assert argv[argv.index("-name") + 1] == "sandbox" and argv[argv.index("-pool") + 1] == "cm.example.org"
     assert argv[argv.index("-shells") + 1] == "bash"
     assert argv[argv.index("-keygen-options") + 1] == "-t ed25519"  # the default: much faster cold connects
-    assert_fails(relay.ssh(host_of(job, "ap3"), "true"), "unknown schedd label 'ap3' (known labels: ap2)")
+    assert_ssh_fails(relay, host_of(job, "ap3"), "unknown schedd label 'ap3' (known labels: ap2)")
 
 
 def test_a_schedd_the_pool_does_not_have(relay):
     restart(relay, schedds={"gone": {"name": "ap9.example.org"}})
     job = sandbox.submit_job(relay.pool_dir, status="running")
-    assert_fails(relay.ssh(host_of(job, "gone"), "true"), "schedd 'ap9.example.org' not found")
+    assert_ssh_fails(relay, host_of(job, "gone"), "schedd 'ap9.example.org' not found")
 
 
 def test_precise_messages_from_the_lookup(relay):
     done = sandbox.submit_job(relay.pool_dir, status="running")
     sandbox.set_status(relay.pool_dir, *done, "completed")
-    assert_fails(relay.ssh(host_of(done), "true"), f"job {done[0]}.{done[1]} is not in the queue")
+    assert_ssh_fails(relay, host_of(done), f"job {done[0]}.{done[1]} is not in the queue")
     idle = sandbox.submit_job(relay.pool_dir, status="idle")
-    assert_fails(relay.ssh(host_of(idle), "true"), "is idle for", "CONDOR_RELAY_WAIT=<seconds>")
+    assert_ssh_fails(relay, host_of(idle), "is idle for", "CONDOR_RELAY_WAIT=<seconds>")
     parallel = sandbox.submit_job(relay.pool_dir, status="running", JobUniverse=11)
-    assert_fails(relay.ssh(host_of(parallel), "true"), "is a parallel job: name a node")
+    assert_ssh_fails(relay, host_of(parallel), "is a parallel job: name a node")
     grid = sandbox.submit_job(relay.pool_dir, status="running", JobUniverse=9, GridResource="batch pbs")
-    assert_fails(relay.ssh(host_of(grid), "true"), "does not support remote access (grid universe)")
+    assert_ssh_fails(relay, host_of(grid), "does not support remote access (grid universe)")
     assert relay.negotiations() == 0
 
 
@@ -203,7 +203,7 @@ def test_ec2_job_goes_straight_to_its_instance_and_pins_its_key(relay, instance)
 def test_ec2_job_without_a_managed_keypair(relay, instance):
     job = sandbox.submit_job(relay.pool_dir, status="running", JobUniverse=9, GridResource="ec2 https://x/",
                              EC2RemoteVirtualMachineName="Undefined")
-    assert_fails(relay.ssh(host_of(job), "true"), "EC2 job whose keypair HTCondor is not managing")
+    assert_ssh_fails(relay, host_of(job), "EC2 job whose keypair HTCondor is not managing")
 
 
 def test_relayd_jobs_lists_reachable_jobs_first(relay):
@@ -220,4 +220,4 @@ def test_relayd_jobs_lists_reachable_jobs_first(relay):
 def test_missing_negotiator_is_named(relay):
     restart(relay, condor_ssh_to_job="/nonexistent/condor_ssh_to_job")
     job = sandbox.submit_job(relay.pool_dir, status="running")
-    assert_fails(relay.ssh(host_of(job), "true"), "condor_ssh_to_job not found ('/nonexistent/condor_ssh_to_job')")
+    assert_ssh_fails(relay, host_of(job), "condor_ssh_to_job not found ('/nonexistent/condor_ssh_to_job')")

@@ -1,0 +1,91 @@
+"""What the relay has to say reaches the user, in the setup users get.
+
+ssh runs with the block exactly as `relayd ssh-config install` writes it, once with its
+stderr sent to a file and once on a terminal. Messages travel inside SSH (banners, and
+the DISCONNECT reason), so they reach the user wherever ssh sends the helper's stderr,
+and OpenSSH's own `mm_receive_fd` / `proxy dialer` lines never appear.
+"""
+
+from __future__ import annotations
+
+import threading
+
+import pytest
+from conftest import OPENSSH_FDPASS_NOISE, assert_fails, assert_ssh_fails, on_terminal, to_file
+
+from relayd.sandbox import pool as sandbox
+
+RUNS = {"file": to_file, "terminal": on_terminal}
+
+
+def host_of(job: tuple[int, int]) -> str:
+    return f"job-{job[0]}.{job[1]}.condor"
+
+
+@pytest.mark.parametrize("stderr", RUNS)
+def test_a_quick_connection_says_nothing(relay, stderr):
+    host = relay.running_job()
+    done = RUNS[stderr](relay.ssh_argv(host, "echo hi"), relay.home.env)
+    assert done.returncode == 0 and done.stdout == b"hi\n"
+    assert done.stderr == b"", done.stderr
+
+
+@pytest.mark.parametrize("stderr", RUNS)
+def test_a_slow_negotiation_shows_progress(relay, stderr):
+    sandbox.configure_pool(relay.pool_dir, negotiation_delay=2.5)
+    host = relay.running_job()
+    done = RUNS[stderr](relay.ssh_argv(host, "echo hi"), relay.home.env)
+    assert done.returncode == 0 and done.stdout == b"hi\n", done.stderr
+    job = host.split(".condor")[0].removeprefix("job-")
+    assert f"condor-relay: negotiating with job {job} through condor_ssh_to_job\n".encode() in done.stderr
+    assert not any(noise.encode() in done.stderr for noise in OPENSSH_FDPASS_NOISE)
+
+
+@pytest.mark.parametrize("stderr", RUNS)
+def test_waiting_for_an_idle_job_shows_progress(relay, stderr):
+    job = sandbox.submit_job(relay.pool_dir, status="idle")
+    flip = threading.Timer(2.5, sandbox.set_status, (relay.pool_dir, *job, "running"))
+    flip.start()
+    env = dict(relay.home.env, CONDOR_RELAY_WAIT="60")
+    try:
+        done = RUNS[stderr](relay.ssh_argv(host_of(job), "echo running"), env)
+    finally:
+        flip.join()
+    assert done.returncode == 0 and done.stdout == b"running\n", done.stderr
+    assert f"condor-relay: job {job[0]}.{job[1]} is idle, waiting: ".encode() in done.stderr, done.stderr
+
+
+@pytest.mark.parametrize("stderr", RUNS)
+def test_a_job_held_while_waited_for_says_why(relay, stderr):
+    job = sandbox.submit_job(relay.pool_dir, status="idle")
+    hold = threading.Timer(1.5, sandbox.set_status, (relay.pool_dir, *job, "held"), {"hold_reason": "over quota"})
+    hold.start()
+    env = dict(relay.home.env, CONDOR_RELAY_WAIT="60")
+    try:
+        done = RUNS[stderr](relay.ssh_argv(host_of(job), "true"), env)
+    finally:
+        hold.join()
+    assert_fails(done, f"job {job[0]}.{job[1]} is held: over quota")
+
+
+def test_held_and_finished_jobs_and_bad_names_both_ways(relay):
+    held = sandbox.submit_job(relay.pool_dir, status="held", HoldReason="Disk quota exceeded")
+    assert_ssh_fails(relay, host_of(held), f"job {held[0]}.{held[1]} is held: Disk quota exceeded")
+    done = sandbox.submit_job(relay.pool_dir, status="completed")
+    assert_ssh_fails(relay, host_of(done), f"job {done[0]}.{done[1]} is not in the queue")
+    assert_ssh_fails(relay, "job-1.0.nolabel.condor", "unknown schedd label 'nolabel'")
+    assert_ssh_fails(relay, "job-1x.condor", "not a job name")
+
+
+def test_condor_ssh_to_job_s_own_words_on_a_failed_negotiation(relay):
+    host = relay.running_job()
+    sandbox.configure_pool(relay.pool_dir, enable_ssh_to_job=False)
+    assert_ssh_fails(relay, host, "Rejecting request, because ENABLE_SSH_TO_JOB=false")
+
+
+def test_a_daemon_that_cannot_start_says_why(unstarted_relay):
+    relay = unstarted_relay
+    relay.home.config_file.write_text("idle_timeout: 30\nno_such_key: 1\n")
+    assert_ssh_fails(relay, "job-1.0.condor", "relayd did not start",
+                     f"{relay.home.config_file}:2: unknown key 'no_such_key'")
+    assert not relay.home.socket.exists()
