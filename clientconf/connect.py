@@ -165,7 +165,11 @@ def _hand_over(sock: _socket.socket, stdio: bool) -> int:
 
 def _refuse(message: str, stdio: bool) -> int:
     """Tell ssh why over SSH: relayd.refusal speaks as the relay on one end of a socket pair,
-    and ssh gets the other end as it would the daemon's socket."""
+    and ssh gets the other end as it would the daemon's socket. Someone who runs the helper
+    by hand at a terminal just reads the message."""
+    if os.isatty(1):
+        sys.stderr.write(f"condor-relay: {message}\n")
+        return EXIT_ERROR
     import subprocess  # noqa: PLC0415 (the failure path only)
 
     ours, theirs = _socket.socketpair(_socket.AF_UNIX, _socket.SOCK_STREAM)

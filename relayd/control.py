@@ -92,6 +92,8 @@ class ControlConnection(protocol.Protocol):
 
     @property
     def state(self) -> str:
+        if self._state is _State.SSH and self._ssh is not None and not self._ssh.bound:
+            return "connecting"
         return self._state.name.lower()
 
     @property
@@ -231,7 +233,7 @@ class ControlConnection(protocol.Protocol):
         session is told by its session."""
         if self._state is not _State.SSH:
             self._close()
-        elif self._ssh is not None and self._ssh.client is None:
+        elif self._ssh is not None and not self._ssh.bound:
             self._ssh.refuse(reason)
 
     def _close(self) -> None:
@@ -259,7 +261,7 @@ class ControlConnection(protocol.Protocol):
             outcome = f"failed ({self._failure})"
         elif self._ssh is not None and self._ssh.disconnect_reason:
             outcome = f"ended by the relay ({self._ssh.disconnect_reason})"
-        elif self._ssh is not None and self._ssh.client is None:
+        elif self._ssh is not None and not self._ssh.bound:
             outcome = "client left while connecting"
         else:
             outcome = "closed"

@@ -9,7 +9,8 @@ import time
 from pathlib import Path
 from typing import TYPE_CHECKING, Callable
 
-from twisted.internet import defer
+from twisted.internet import defer, threads
+from twisted.internet.task import deferLater
 from twisted.logger import Logger
 
 from relayd.config import Config
@@ -17,7 +18,7 @@ from relayd.control import ControlFactory, UserError
 from relayd.downstream import ClientTransportFactory
 from relayd.hostkey import load_or_create
 from relayd.jobs import JobSession, Progress
-from relayd.lookup import JobSource, LookupFailed
+from relayd.lookup import JobSource, LookupFailed, find, left_running
 from relayd.names import BadHostName, JobName, parse_host
 from relayd.negotiate import Captures, Credentials, NegotiationFailed
 from relayd.paths import Paths, private_dir
@@ -30,6 +31,10 @@ if TYPE_CHECKING:
     from relayd.control import ControlConnection
 
 log = Logger()
+
+# When a job's connection ends on its own, the schedd is asked why after these pauses
+# (seconds) until it says the job left Running: about 4 s in all.
+LOSS_CHECK_DELAYS = (0.0, 0.5, 1.0, 2.5)
 
 
 def _private_dir(path: Path) -> None:
@@ -144,7 +149,7 @@ class RelayDaemon:
         if session is None:
             session = self.jobs[job] = JobSession(
                 job, lambda progress, first: self._open_leg(session, reach, progress, first), self.reactor,
-                self.config.idle_timeout, self._session_closed,
+                self.config.idle_timeout, self._session_closed, explain_loss=self._why_lost,
             )
             session.start()
         try:
@@ -164,6 +169,23 @@ class RelayDaemon:
         if not isinstance(credentials.host_key, NegotiatedKey):
             session.ec2_user = credentials.user
         return credentials
+
+    async def _why_lost(self, job: JobName) -> str | None:
+        """Why a job's connection ended, if the schedd says it left Running: asked at once and
+        a few times more, as the schedd may learn of an eviction after the sshd is gone."""
+        source = self._watch_source(job.label)
+        if source is None:
+            return None
+        for delay in LOSS_CHECK_DELAYS:
+            await deferLater(self.reactor, delay)
+            try:
+                ads = await threads.deferToThread(source.query, [job])
+            except LookupFailed:
+                return None
+            reason = left_running(job, find(ads, job))
+            if reason is not None:
+                return reason
+        return None
 
     def _watch_source(self, label: str | None) -> JobSource | None:
         try:

@@ -83,6 +83,7 @@ class ClientTransport(PacketTransport, transport.SSHServerTransport):
     username = b""
     disconnect_reason: str | None = None  # why the relay ended this client, for the connection log
     refusal: str | None = None  # why the client's job cannot be reached, once known
+    bound = False  # it was let in to its job's session (it stays True after it leaves)
     _closing = 0  # sessions the relay closed whose close the client has yet to answer
     _closing_timer: interfaces.IDelayedCall | None = None
     _linger: interfaces.IDelayedCall | None = None
@@ -157,6 +158,7 @@ class ClientTransport(PacketTransport, transport.SSHServerTransport):
             return
         self.session = session
         self.client = session.attach(self)
+        self.bound = True
         if self._asked:
             self._accept()
 

@@ -28,6 +28,8 @@ log = Logger()
 
 Progress = Callable[[str], None]
 OpenLeg = Callable[[Progress, bool], Awaitable[Credentials]]  # (progress, first leg?) -> credentials
+# Why the job's connection was lost, as the schedd tells it (None: it still runs, or cannot say).
+ExplainLoss = Callable[[JobName], Awaitable["str | None"]]
 
 
 class JobSession:
@@ -39,6 +41,7 @@ class JobSession:
         idle_timeout: float,
         on_closed: Callable[[JobSession], None],
         max_sessions: int = 10,
+        explain_loss: ExplainLoss | None = None,
     ) -> None:
         self.job = job
         self.created = time.monotonic()
@@ -51,6 +54,7 @@ class JobSession:
         self._reactor = reactor
         self._idle_timeout = idle_timeout
         self._on_closed = on_closed
+        self._explain_loss = explain_loss
         self._connections: dict[Leg, UpstreamConnection] = {}
         self._legs: dict[UpstreamConnection, Leg] = {}
         self._timers: dict[Leg, object] = {}
@@ -154,9 +158,20 @@ class JobSession:
         legs = self.relay.legs
         if legs and leg is legs[0]:
             detail = f": {reason}" if reason else ""
-            self.close(f"connection to job {self.job.job_id} lost{detail}")
+            defer.ensureDeferred(self._close_explained(f"connection to job {self.job.job_id} lost{detail}"))
         else:
             self.relay.remove_leg(leg)
+
+    async def _close_explained(self, fallback: str) -> None:
+        """Close with the job's own story when the schedd has one: a vacate, hold or remove
+        kills the job's sshds before the watch polls, and "lost" alone tells the user nothing."""
+        reason = None
+        if self._explain_loss is not None:
+            try:
+                reason = await self._explain_loss(self.job)
+            except Exception:
+                log.failure("asking why job {job}'s connection was lost", job=self.job.job_id)
+        self.close(reason or fallback)
 
     def close(self, reason: str) -> None:
         """Disconnect every client (telling them why) and every leg."""

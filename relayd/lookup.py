@@ -177,6 +177,8 @@ def left_running(job: JobName, ad: Ad | None) -> str | None:
         return None
     if ad is None:
         return f"job {job.cluster}.{job.proc} left the queue (completed or removed); connection closed"
+    if ad.get("JobStatus") == IDLE:
+        return f"job {job.cluster}.{job.proc} was evicted or vacated and is idle again; connection closed"
     return f"{assess(job, ad).message}; connection closed"
 
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import socket
 import subprocess
 import sys
 from pathlib import Path
@@ -9,16 +10,18 @@ from pathlib import Path
 import pytest
 from conftest import RELAYD
 
-from clientconf.connect import main
+from clientconf.connect import _parse, main
 
 HELPER = str(Path(RELAYD).with_name("condor-relay-connect"))  # what the generated ProxyCommand runs
 # Each costs the helper a millisecond or more (socket.py builds enums, re compiles its parser).
 SLOW = {"argparse", "dataclasses", "enum", "json", "pathlib", "re", "shutil", "socket", "subprocess", "typing"}
 
 
-def _imported(argv: list[str], cwd: Path) -> tuple[subprocess.CompletedProcess[str], set[str]]:
+def _imported(argv: list[str], cwd: Path, **streams: object) -> tuple[subprocess.CompletedProcess[str], set[str]]:
     """The run of `python -X importtime ARGV` and the modules it imported."""
-    done = subprocess.run([sys.executable, "-X", "importtime", *argv], capture_output=True, text=True, cwd=cwd)
+    streams.setdefault("stdout", subprocess.PIPE)
+    done = subprocess.run([sys.executable, "-X", "importtime", *argv], stderr=subprocess.PIPE, text=True, cwd=cwd,
+                          **streams)
     lines = [line for line in done.stderr.splitlines() if line.startswith("import time:")]
     return done, {line.rsplit("|", 1)[1].strip() for line in lines[1:]}
 
@@ -27,10 +30,17 @@ def _imported(argv: list[str], cwd: Path) -> tuple[subprocess.CompletedProcess[s
     [HELPER],
     ["-c", "import sys; from relayd.cli import main; sys.exit(main(sys.argv[1:]))", "connect"],  # `relayd connect`
 ], ids=["condor-relay-connect", "relayd connect"])
-def test_the_helper_imports_only_light_standard_modules(tmp_path, helper):
-    done, modules = _imported([*helper, "--no-start", "--socket", str(tmp_path / "absent.sock"), "job-1.0.condor",
-                               "22"], tmp_path)
-    assert done.returncode == 255 and "the relay daemon is not running" in done.stderr
+def test_the_helper_imports_only_light_standard_modules(relay, tmp_path, helper):
+    """On its path to success, as ssh runs it: stdin and stdout one socket that takes the descriptor."""
+    host = relay.running_job()
+    ssh_end, helper_end = socket.socketpair()
+    with ssh_end, helper_end:
+        done, modules = _imported([*helper, "--socket", str(relay.home.socket), host, "22"], tmp_path,
+                                  stdin=helper_end, stdout=helper_end)
+        assert done.returncode == 0, done.stderr
+        _, fds, _, _ = socket.recv_fds(ssh_end, 1, 1)
+        with socket.socket(fileno=fds[0]) as relayed:
+            assert relayed.recv(8) == b"SSH-2.0-"  # the daemon's SSH, on the very socket it said OK on
     new = modules - _imported(["-c", "pass"], tmp_path)[1]  # beyond what the interpreter's start-up imports
     ours = {"relayd", "clientconf"}
     assert {m for m in new if m.split(".")[0] not in sys.stdlib_module_names | ours} == set()
@@ -59,7 +69,8 @@ def test_bad_command_lines_exit_2_with_the_usage(capsys, argv, error):
 
 def test_options_go_anywhere_in_either_form(tmp_path, capsys, monkeypatch):
     monkeypatch.chdir(tmp_path)
-    assert main(["--user=-me", "job-1.0.condor", "--socket=absent.sock", "--no-start", "--", "22"]) == 255
-    assert f"no listener on {tmp_path / 'absent.sock'}" in capsys.readouterr().err
+    args = _parse(["--user=-me", "job-1.0.condor", "--socket=absent.sock", "--no-start", "--", "22"])
+    assert args == (("job-1.0.condor", 22, str(tmp_path / "absent.sock"), False, False, "-me"))
+    assert _parse(["--user", "u", "h", "--stdio", "--socket", "s"]).user == "u"
     assert main(["--help"]) == 0
     assert "--no-start       fail instead of starting the daemon" in capsys.readouterr().out

@@ -8,10 +8,15 @@ and OpenSSH's own `mm_receive_fd` / `proxy dialer` lines never appear.
 
 from __future__ import annotations
 
+import contextlib
+import os
+import pty
+import subprocess
+import tempfile
 import threading
 
 import pytest
-from conftest import OPENSSH_FDPASS_NOISE, assert_fails, assert_ssh_fails, on_terminal, to_file
+from conftest import OPENSSH_FDPASS_NOISE, assert_fails, assert_ssh_fails, on_terminal, screen_lines, to_file
 
 from relayd.sandbox import pool as sandbox
 
@@ -89,3 +94,58 @@ def test_a_daemon_that_cannot_start_says_why(unstarted_relay):
     assert_ssh_fails(relay, "job-1.0.condor", "relayd did not start",
                      f"{relay.home.config_file}:2: unknown key 'no_such_key'")
     assert not relay.home.socket.exists()
+
+
+class OpenSession:
+    """`ssh HOST 'echo started; sleep 60'`, up once constructed, its stderr on a file or a terminal."""
+
+    def __init__(self, relay, host: str, stderr: str) -> None:
+        self.stderr_kind = stderr
+        self.err_file = tempfile.TemporaryFile()
+        if stderr == "terminal":
+            self.controller, terminal = pty.openpty()
+            err = terminal
+        else:
+            err = self.err_file
+        self.process = subprocess.Popen(relay.ssh_argv(host, "echo started; sleep 60"), env=relay.home.env,
+                                        stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=err)
+        if stderr == "terminal":
+            os.close(terminal)
+        assert self.process.stdout.readline() == b"started\n"
+
+    def ended(self, timeout: float = 20) -> tuple[int, str]:
+        """Its exit status and what it printed on stderr (as the terminal shows it)."""
+        returncode = self.process.wait(timeout)
+        if self.stderr_kind == "terminal":
+            shown = b""
+            with contextlib.suppress(OSError):
+                while chunk := os.read(self.controller, 65536):
+                    shown += chunk
+            os.close(self.controller)
+            return returncode, screen_lines(shown).decode()
+        self.err_file.seek(0)
+        return returncode, self.err_file.read().decode()
+
+
+@pytest.mark.parametrize(
+    "status, hold_reason, expected",
+    [
+        ("held", "over memory", "job {job} is held: over memory; connection closed"),
+        ("removed", None, "job {job} left the queue (completed or removed); connection closed"),
+        ("idle", None, "job {job} was evicted or vacated and is idle again; connection closed"),
+    ],
+    ids=["held", "removed", "vacated"],
+)
+def test_a_session_whose_job_ended_says_why_before_the_watch_polls(relay, status, hold_reason, expected):
+    # The watch polls every 15 s by default; the job's sshds die at once (as the starter kills them).
+    job = sandbox.submit_job(relay.pool_dir, status="running")
+    sessions = [OpenSession(relay, host_of(job), kind) for kind in RUNS]
+    try:
+        sandbox.set_status(relay.pool_dir, *job, status, hold_reason=hold_reason)
+        for session in sessions:
+            returncode, err = session.ended()
+            assert returncode == 255, err
+            assert f"condor-relay: {expected.format(job=f'{job[0]}.{job[1]}')}" in err.splitlines(), err
+    finally:
+        for session in sessions:
+            session.process.kill()

@@ -77,18 +77,18 @@ def test_ssh_config_block_is_replaced_in_place_at_the_top():
     assert sshconfig.without_block(installed) == user
 
 
-def test_ssh_config_block_multiplexes_unless_it_cannot():
+def test_ssh_config_block_shares_through_the_relay_and_multiplexes_only_when_asked():
     def block(socket: str, **settings: object) -> str:
         return sshconfig.render(sshconfig.BlockSettings("condor", "/r", socket, "/kh", **settings))
 
-    shared = block("/run/user/1/condor-relay/relay.sock", control_persist=45)
+    default = block("/run/user/1/condor-relay/relay.sock")
+    assert "\n    ControlMaster no\n    ControlPath none\n" in default and "ControlPersist" not in default
+    shared = block("/run/user/1/condor-relay/relay.sock", multiplexing=True, control_persist=45)
     assert "    ControlMaster auto\n    ControlPath /run/user/1/condor-relay/mux-%C\n    ControlPersist 45\n" in shared
-    off = block("/run/user/1/condor-relay/relay.sock", multiplexing=False)
-    assert "ssh_multiplexing is false\n    ControlMaster no\n    ControlPath none\n" in off
     deep = "/" + "d" * 60 + "/condor-relay/relay.sock"  # with ssh's 40-character hash and temp suffix: too long
-    assert "too long a path for ssh's control sockets\n    ControlMaster no\n" in block(deep)
-    assert "would change in a ControlPath\n    ControlMaster no\n" in block("/home/a b/relay.sock")
-    assert "would change in a ControlPath" in block("/home/100%/relay.sock")
+    assert "too long a path for ssh's control sockets\n    ControlMaster no\n" in block(deep, multiplexing=True)
+    assert "would change in a ControlPath\n    ControlMaster no\n" in block("/home/a b/relay.sock", multiplexing=True)
+    assert "would change in a ControlPath" in block("/home/100%/relay.sock", multiplexing=True)
 
 
 def test_ssh_multiplexing_is_true_or_false(tmp_path):

@@ -2,10 +2,9 @@
 
 from __future__ import annotations
 
-import subprocess
 from concurrent.futures import ThreadPoolExecutor
 
-from conftest import wait_for
+from conftest import assert_ssh_fails, wait_for
 from opshelpers import alive, daemon_log, status
 
 from relayd.sandbox import pool as sandbox
@@ -43,15 +42,15 @@ def test_idle_daemon_exits_and_the_next_ssh_starts_another(unstarted_relay):
 def test_a_broken_config_is_reported_by_the_helper(unstarted_relay):
     relay = unstarted_relay
     relay.home.config_file.write_text("idle_timeout: 30\nno_such_key: 1\n")
-    done = relay.ssh("job-1.0.condor", "true")
-    assert done.returncode == 255
-    assert b"relayd did not start" in done.stderr
-    assert f"{relay.home.config_file}:2: unknown key 'no_such_key'".encode() in done.stderr
+    assert_ssh_fails(relay, "job-1.0.condor", "relayd did not start",
+                     f"{relay.home.config_file}:2: unknown key 'no_such_key'")
     assert not relay.home.socket.exists()
 
 
 def test_no_start_fails_fast_when_no_daemon_runs(unstarted_relay):
     relay = unstarted_relay
-    done = relay.run(["relayd", "connect", "--no-start", "job-1.0.condor", "22"], stdin=subprocess.DEVNULL)
-    assert done.returncode == 255
-    assert b"the relay daemon is not running" in done.stderr
+    block = relay.ssh_config.read_text()
+    relay.ssh_config.write_text(block.replace(" --user %r ", " --no-start --user %r "))
+    assert "--no-start" in relay.ssh_config.read_text()
+    assert_ssh_fails(relay, "job-1.0.condor", "the relay daemon is not running")
+    assert not relay.home.socket.exists()
