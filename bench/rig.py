@@ -1,7 +1,7 @@
 """The bench's rig: one sandbox job, reached the ways a user could reach it.
 
-- `relay`: through relayd and the ssh config it generates (the tests' `Relay`), which puts
-  ssh's ControlMaster in front of the relay (its control sockets need a short
+- `relay`: through relayd and the ssh config it generates (the tests' `Relay`), and the
+  same with ssh's ControlMaster in front (`ssh_mux`; its control sockets need a short
   XDG_RUNTIME_DIR, as a unix socket path holds at most 107 bytes);
 - `direct`: OpenSSH to an sshd equivalent to the job's -- the same binary, sshd_config,
   key and forced command the sandbox starter sets up -- run as `sshd -i` by ProxyCommand
@@ -106,10 +106,11 @@ class Rig:
         config = self.relay.ssh_config if host.endswith(".condor") else self.direct_config
         return ["ssh", "-F", str(config), host, *args]
 
-    def ssh_alone(self, *args: str) -> list[str]:
-        """ssh argv for the job through the relay without ssh's ControlMaster (a client of its own)."""
-        return ["ssh", "-F", str(self.relay.ssh_config), "-o", "ControlMaster=no", "-o", "ControlPath=none",
-                self.host, *args]
+    def ssh_mux(self, *args: str) -> list[str]:
+        """ssh argv for the job through the relay with ssh's ControlMaster in front, as the
+        block has it with `ssh_multiplexing: true`."""
+        return ["ssh", "-o", "ControlMaster=auto", "-o", f"ControlPath={self.runtime_dir}/bench-mux-%C",
+                "-o", "ControlPersist=60", "-F", str(self.relay.ssh_config), self.host, *args]
 
     def condor_ssh_to_job(self, *command: str, ssh: str | None = None) -> list[str]:
         """The tool's argv for `command` in the job; `ssh` replaces the ssh it runs (-ssh)."""

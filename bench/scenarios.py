@@ -19,7 +19,7 @@ from bench.results import (
     NEGOTIATION_ONLY,
     PER_CLIENT,
     RELAY,
-    RELAY_ALONE,
+    RELAY_MUX,
     RELAY_COLD,
     TOOL,
     Scenario,
@@ -34,18 +34,21 @@ MiB = 1024 * 1024
 def warm_connect(rig: Rig, repeat: int) -> Scenario:
     """`ssh HOST true` with the connection to the job already there.
 
-    The relay as generated (ssh's ControlMaster in front) and with each ssh a client of
-    its own (`ssh_multiplexing: false`, or tools that pass their own ControlMaster options).
+    The relay as generated (each ssh a client of the relay) and with ssh's ControlMaster in
+    front of it (the `ssh_multiplexing: true` opt-in).
     """
-    relay, master, fresh, alone = Series(RELAY), Series(CONTROLMASTER), Series(FRESH_SSHD), Series(RELAY_ALONE)
+    relay, master, fresh, mux = Series(RELAY), Series(CONTROLMASTER), Series(FRESH_SSHD), Series(RELAY_MUX)
     contenders = [(relay, rig.ssh(rig.host, "true")), (master, rig.ssh("direct-cm", "true")),
-                  (fresh, rig.ssh("direct", "true")), (alone, rig.ssh_alone("true"))]
+                  (fresh, rig.ssh("direct", "true")), (mux, rig.ssh_mux("true"))]
     for _, argv in contenders:
         rig.run(argv)
-    for _ in range(repeat):
-        for series, argv in contenders:
-            series.samples.append(rig.run(argv))
-    return Scenario("warm_connect", "warm connect: ssh HOST true", "s", [relay, master, fresh, alone])
+    try:
+        for _ in range(repeat):
+            for series, argv in contenders:
+                series.samples.append(rig.run(argv))
+    finally:
+        rig.run(rig.ssh_mux("-O", "exit"))
+    return Scenario("warm_connect", "warm connect: ssh HOST true", "s", [relay, master, fresh, mux])
 
 
 def cold_connect(rig: Rig, repeat: int) -> Scenario:
@@ -174,7 +177,8 @@ def memory_and_idle_cpu(rig: Rig, clients: int, idle_seconds: float) -> list[Sce
 
 def _idle_client(rig: Rig) -> subprocess.Popen[bytes]:
     """A connection of its own with no channel, which says `ready` once it is authenticated."""
-    argv = rig.ssh_alone()[:-1] + ["-N", "-o", "PermitLocalCommand=yes", "-o", "LocalCommand=echo ready", rig.host]
+    argv = ["ssh", "-F", str(rig.relay.ssh_config), "-N", "-o", "PermitLocalCommand=yes", "-o",
+            "LocalCommand=echo ready", rig.host]
     return subprocess.Popen(argv, env=rig.env, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
                             stderr=subprocess.DEVNULL)
 

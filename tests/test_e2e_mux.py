@@ -1,4 +1,4 @@
-"""The generated block as users get it: ssh's ControlMaster in front of the relay.
+"""The opt-in `ssh_multiplexing: true`: ssh's ControlMaster in front of the relay.
 
 Each job gets one ssh master (one client of the daemon); every later ssh, scp, sftp and
 rsync is a mux client of it. The daemon's socket directory holds the masters' sockets, so
@@ -16,7 +16,7 @@ import time
 from pathlib import Path
 
 import pytest
-from conftest import Home, Relay, wait_for
+from conftest import Home, Relay, assert_ssh_fails, wait_for
 
 from clientconf.daemonctl import status
 from relayd.sandbox import pool as sandbox
@@ -117,5 +117,18 @@ def test_a_job_that_ends_tells_the_mux_clients_why(mux_home, pool):
         assert session.returncode == 255
         assert f"condor-relay: job {cluster}.{proc} left the queue (completed or removed)" in err.decode()
         assert wait_for(lambda: not masters(relay))  # the daemon ended the master's connection too
+    finally:
+        relay.stop()
+
+
+def test_messages_reach_the_user_behind_controlpersist_too(mux_home, pool):
+    # ssh sends the helper's stderr to /dev/null when ControlPersist is set; the relay's
+    # messages travel inside SSH (banners, the disconnect reason), which ssh still prints.
+    relay = start(mux_home, pool)
+    try:
+        held = sandbox.submit_job(pool, status="held", HoldReason="over memory")
+        assert_ssh_fails(relay, f"job-{held[0]}.{held[1]}.condor", f"job {held[0]}.{held[1]} is held: over memory")
+        assert_ssh_fails(relay, "job-1x.condor", "not a job name")
+        assert not masters(relay)
     finally:
         relay.stop()
