@@ -42,7 +42,8 @@ class Harness:
         self.idle = []
         self.relay = r.Relay(self.want_leg, self.idle.append, max_sessions=max_sessions)
 
-    def want_leg(self):
+    def want_leg(self, owner):
+        assert owner is None  # owned legs: see OwnerHarness
         self.legs_wanted += 1
 
 
@@ -55,17 +56,29 @@ def setup():
     return relay, upstream
 
 
-def open_session(relay, upstream, client, client_id, server_id):
-    relay.from_client(client, r.CHANNEL_OPEN, s(b"session") + u32(client_id) + u32(2 << 20) + u32(32768))
+def session_open(relay, client, client_id, window=2 << 20):
+    """The client opens a session, which the relay confirms itself as sshd does: its relay id."""
+    relay.from_client(client, r.CHANNEL_OPEN, s(b"session") + u32(client_id) + u32(window) + u32(32768))
+    num, payload = client.link.sent.pop()
+    assert num == r.CHANNEL_OPEN_CONFIRMATION and payload[:4] == u32(client_id)
+    assert payload[8:] == u32(0) + u32(32768)  # no window until the session starts
+    return struct.unpack(">L", payload[4:8])[0]
+
+
+def request(relay, client, relay_id, name, want_reply=False, data=b""):
+    relay.from_client(client, r.CHANNEL_REQUEST, u32(relay_id) + s(name) + bytes([want_reply]) + data)
+
+
+def open_session(relay, upstream, client, client_id, server_id, leg=None):
+    """A session started with a shell, opened at the job on `leg` (the first one by default)."""
+    relay_id = session_open(relay, client, client_id)
+    request(relay, client, relay_id, b"shell")
     num, payload = upstream.pop()
-    assert num == r.CHANNEL_OPEN
-    relay_id = struct.unpack(">L", payload[11:15])[0]
-    assert payload[15:] == u32(2 << 20) + u32(32768)  # window and packet size untouched
-    relay.from_leg(relay.leg, r.CHANNEL_OPEN_CONFIRMATION, u32(relay_id) + u32(server_id) + u32(1 << 20) + u32(16384))
-    assert client.link.sent.pop() == (
-        r.CHANNEL_OPEN_CONFIRMATION,
-        u32(client_id) + u32(relay_id) + u32(1 << 20) + u32(16384),
-    )
+    assert (num, payload) == (r.CHANNEL_OPEN, s(b"session") + u32(relay_id) + u32(2 << 20) + u32(32768))
+    relay.from_leg(leg or relay.leg, r.CHANNEL_OPEN_CONFIRMATION,
+                   u32(relay_id) + u32(server_id) + u32(1 << 20) + u32(16384))
+    assert upstream.pop() == (r.CHANNEL_REQUEST, u32(server_id) + s(b"shell") + b"\0")
+    assert client.link.sent.pop() == (r.CHANNEL_WINDOW_ADJUST, u32(client_id) + u32(1 << 20))
     return relay_id
 
 
@@ -125,8 +138,9 @@ def test_detached_client_closes_its_channels_upstream(setup):
 def test_open_pending_when_client_leaves_is_closed_on_confirmation(setup):
     relay, upstream = setup
     a = relay.attach(Link())
-    relay.from_client(a, r.CHANNEL_OPEN, s(b"session") + u32(0) + u32(1000) + u32(1000))
-    rid = struct.unpack(">L", upstream[-1][1][11:15])[0]
+    rid = session_open(relay, a, 0, window=1000)
+    request(relay, a, rid, b"exec", data=s(b"true"))
+    assert upstream[-1][0] == r.CHANNEL_OPEN
     relay.detach(a)
     relay.from_leg(relay.leg, r.CHANNEL_OPEN_CONFIRMATION, u32(rid) + u32(5) + u32(1000) + u32(1000))
     assert upstream[-1] == (r.CHANNEL_CLOSE, u32(5))
@@ -159,6 +173,7 @@ def test_no_more_sessions_applies_to_that_client_only(setup):
     relay.from_client(a, r.GLOBAL_REQUEST, s(b"no-more-sessions@openssh.com") + b"\0")
     relay.from_client(a, r.CHANNEL_OPEN, s(b"session") + u32(4) + u32(1) + u32(1))
     assert a.link.sent[-1][0] == r.CHANNEL_OPEN_FAILURE and upstream == []
+    assert relay.channels == 0
     open_session(relay, upstream, b, 0, 1)
 
 
@@ -209,7 +224,7 @@ def test_sessions_beyond_max_sessions_wait_for_another_leg():
     relay.add_leg(LegLink(first))
     client = relay.attach(Link())
     for i in range(3):
-        relay.from_client(client, r.CHANNEL_OPEN, s(b"session") + u32(i) + u32(100) + u32(100))
+        request(relay, client, session_open(relay, client, i, window=100), b"shell")
     assert len(first) == 2 and harness.legs_wanted == 1
     relay.from_client(client, r.CHANNEL_OPEN, s(b"direct-tcpip") + u32(9) + u32(100) + u32(100) + s(b"h") + u32(1)
                       + s(b"o") + u32(2))
@@ -219,7 +234,8 @@ def test_sessions_beyond_max_sessions_wait_for_another_leg():
     assert len(second) == 1 and second[0][1].startswith(s(b"session"))
     rid = struct.unpack(">L", second[0][1][11:15])[0]
     relay.from_leg(leg2, r.CHANNEL_OPEN_CONFIRMATION, u32(rid) + u32(0) + u32(100) + u32(100))
-    assert client.link.sent[-1] == (r.CHANNEL_OPEN_CONFIRMATION, u32(2) + u32(rid) + u32(100) + u32(100))
+    assert client.link.sent[-1] == (r.CHANNEL_WINDOW_ADJUST, u32(2) + u32(100))
+    assert second[-1] == (r.CHANNEL_REQUEST, u32(0) + s(b"shell") + b"\0")
     with pytest.raises(r.ProtocolViolation):  # a leg may only speak for its own channels
         relay.from_leg(relay.legs[0], r.CHANNEL_DATA, u32(rid) + s(b"x"))
     relay.from_client(client, r.CHANNEL_CLOSE, u32(rid))
@@ -232,11 +248,16 @@ def test_waiting_sessions_fail_when_no_leg_can_be_made():
     relay = harness.relay
     relay.add_leg(LegLink([]))
     client = relay.attach(Link())
-    relay.from_client(client, r.CHANNEL_OPEN, s(b"session") + u32(0) + u32(100) + u32(100))
-    relay.from_client(client, r.CHANNEL_OPEN, s(b"session") + u32(1) + u32(100) + u32(100))
+    request(relay, client, session_open(relay, client, 0, window=100), b"shell")
+    rid = session_open(relay, client, 1, window=100)
+    request(relay, client, rid, b"pty-req", data=s(b"xterm") + u32(80) + u32(24) + u32(0) + u32(0) + s(b""))
+    request(relay, client, rid, b"shell", want_reply=True)
     relay.leg_failed("job 1.0: too many negotiations")
-    num, payload = client.link.sent[-1]
-    assert num == r.CHANNEL_OPEN_FAILURE and payload.startswith(u32(1)) and b"too many negotiations" in payload
+    note = b"condor-relay: job 1.0: too many negotiations\r\n"  # the pty is in raw mode
+    assert client.link.sent[-3:] == [(r.CHANNEL_FAILURE, u32(1)), (r.CHANNEL_EXTENDED_DATA, u32(1) + u32(1) + s(note)),
+                                     (r.CHANNEL_CLOSE, u32(1))]
+    relay.from_client(client, r.CHANNEL_WINDOW_ADJUST, u32(rid) + u32(100))  # sent before it saw the close
+    relay.from_client(client, r.CHANNEL_CLOSE, u32(rid))
     assert relay.channels == 1
 
 
@@ -255,13 +276,13 @@ def test_a_session_refused_beside_others_moves_to_another_leg():
     relay.leg = leg1 = relay.add_leg(LegLink(first))
     client = relay.attach(Link())
     open_session(relay, first, client, 0, 10)
-    relay.from_client(client, r.CHANNEL_OPEN, s(b"session") + u32(1) + u32(100) + u32(100))
-    rid = struct.unpack(">L", first[-1][1][11:15])[0]
+    rid = session_open(relay, client, 1, window=100)
+    request(relay, client, rid, b"shell")
     relay.from_leg(leg1, r.CHANNEL_OPEN_FAILURE, u32(rid) + u32(2) + s(b"open failed") + s(b""))
     assert harness.legs_wanted == 1 and leg1.capacity == 1  # the job's sshd allows 1 here
     second = []
     relay.add_leg(LegLink(second))
-    assert second[-1] == (r.CHANNEL_OPEN, s(b"session") + u32(rid) + u32(100) + u32(100))
+    assert second[-1] == (r.CHANNEL_OPEN, s(b"session") + u32(rid) + u32(100) + u32(32768))
 
 
 def test_a_burst_of_sessions_negotiates_legs_side_by_side():
@@ -270,18 +291,19 @@ def test_a_burst_of_sessions_negotiates_legs_side_by_side():
     relay.add_leg(LegLink([]))
     client = relay.attach(Link())
     for i in range(2 + 5):
-        relay.from_client(client, r.CHANNEL_OPEN, s(b"session") + u32(i) + u32(100) + u32(100))
+        request(relay, client, session_open(relay, client, i, window=100), b"shell")
     assert harness.legs_wanted == 3  # 5 waiting opens fill three more legs, asked for at once
     relay.leg_failed("the starter refused")  # the two legs still coming take four of them
-    refused = [p for n, p in client.link.sent if n == r.CHANNEL_OPEN_FAILURE]
+    refused = [p for n, p in client.link.sent if n == r.CHANNEL_CLOSE]
     assert [p[:4] for p in refused] == [u32(6)]  # the most recent one
+    relay.from_client(client, r.CHANNEL_CLOSE, u32(6))
     for _ in range(2):
         sent = []
         relay.add_leg(LegLink(sent))
         assert len(sent) == 2
     assert harness.legs_wanted == 3 and relay.channels == 6
     for i in range(20):
-        relay.from_client(client, r.CHANNEL_OPEN, s(b"session") + u32(100 + i) + u32(100) + u32(100))
+        request(relay, client, session_open(relay, client, 100 + i, window=100), b"shell")
     assert harness.legs_wanted == 3 + r.MAX_LEGS_IN_NEGOTIATION
 
 
