@@ -317,3 +317,221 @@ def test_shutdown_leaves_a_session_with_a_full_window_to_the_disconnect_message(
     relay.shutdown("connection to job 1.0 lost")
     assert client.link.sent[-1][0] == r.CHANNEL_DATA  # no note (no room for it), no close
     assert client.link.disconnected == "connection to job 1.0 lost" and client.link.closing == 0
+
+
+# -- agent and X11 forwarding: a leg of the client's own ------------------------------------
+
+
+class OwnerHarness:
+    """A relay with a shared first leg that records which legs it asks for, by owner."""
+
+    def __init__(self):
+        self.wanted = []
+        self.idle = []
+        self.relay = r.Relay(self.wanted.append, self.idle.append)
+        self.shared = []
+        self.relay.leg = self.relay.add_leg(LegLink(self.shared))
+
+    def owned_leg(self, owner):
+        """Answer the need_leg call for `owner`; the new leg and what it was sent."""
+        self.wanted.remove(owner)
+        sent = []
+        return self.relay.add_leg(LegLink(sent), owner), sent
+
+
+AGENT = b"auth-agent-req@openssh.com"
+X11 = b"\0" + s(b"MIT-MAGIC-COOKIE-1") + s(b"00" * 16) + u32(0)
+
+
+def forwarding_session(harness, client, client_id, server_id, name=AGENT, data=b"", want_reply=False):
+    """What `ssh -A job` (or -X) does: a session asking to forward, then a shell, on its own leg."""
+    rid = session_open(harness.relay, client, client_id)
+    request(harness.relay, client, rid, name, want_reply=want_reply, data=data)
+    assert harness.wanted[-1] is client and harness.shared == []
+    request(harness.relay, client, rid, b"shell")
+    leg, sent = harness.owned_leg(client)
+    assert leg.owner is client and sent[0][0] == r.CHANNEL_OPEN
+    harness.relay.from_leg(leg, r.CHANNEL_OPEN_CONFIRMATION, u32(rid) + u32(server_id) + u32(0) + u32(32768))
+    assert sent[1:] == [(r.CHANNEL_REQUEST, u32(server_id) + s(name) + bytes([want_reply]) + data),
+                        (r.CHANNEL_REQUEST, u32(server_id) + s(b"shell") + b"\0")]
+    return rid, leg, sent
+
+
+def test_two_clients_forwarding_their_agents_get_a_leg_each_and_only_their_own_agent():
+    harness = OwnerHarness()
+    relay = harness.relay
+    a, b = relay.attach(Link()), relay.attach(Link())
+    _, leg_a, sent_a = forwarding_session(harness, a, 0, 100)
+    _, leg_b, sent_b = forwarding_session(harness, b, 0, 200)
+    assert leg_a is not leg_b and len(relay.legs) == 3
+    # the job's processes in each session reach their own client's agent, whoever asked last
+    for leg, sent, owner, other in ((leg_a, sent_a, a, b), (leg_b, sent_b, b, a)):
+        before = len(other.link.sent)
+        relay.from_leg(leg, r.CHANNEL_OPEN, s(b"auth-agent@openssh.com") + u32(7) + u32(4096) + u32(1024))
+        num, payload = owner.link.sent[-1]
+        assert num == r.CHANNEL_OPEN and payload.startswith(s(b"auth-agent@openssh.com"))
+        assert len(other.link.sent) == before
+
+
+def test_x11_channels_go_to_the_owner_of_the_leg_only():
+    harness = OwnerHarness()
+    relay = harness.relay
+    a, plain = relay.attach(Link()), relay.attach(Link())
+    open_session(relay, harness.shared, plain, 0, 1)
+    _, leg, sent = forwarding_session(harness, a, 0, 100, name=b"x11-req", data=X11, want_reply=True)
+    relay.from_leg(leg, r.CHANNEL_OPEN, s(b"x11") + u32(8) + u32(4096) + u32(1024) + s(b"127.0.0.1") + u32(40000))
+    assert a.link.sent[-1][0] == r.CHANNEL_OPEN and plain.link.sent == []
+    # on the shared leg nobody forwards X11: such a channel is refused
+    relay.from_leg(relay.leg, r.CHANNEL_OPEN, s(b"x11") + u32(9) + u32(4096) + u32(1024) + s(b"127.0.0.1") + u32(1))
+    assert harness.shared[-1][0] == r.CHANNEL_OPEN_FAILURE and plain.link.sent == []
+
+
+def test_a_plain_session_never_goes_on_an_owned_leg():
+    harness = OwnerHarness()
+    relay = harness.relay
+    a, plain = relay.attach(Link()), relay.attach(Link())
+    _, leg, sent = forwarding_session(harness, a, 0, 100)
+    for i in range(3):  # neither another client's nor the owner's own plain sessions
+        for client in (plain, a):
+            open_session(relay, harness.shared, client, 10 + i, 20 + i)
+    assert leg.sessions == 1 and len(sent) == 3
+    # global requests stay on the shared leg too
+    relay.from_client(a, r.GLOBAL_REQUEST, s(b"tcpip-forward") + b"\1" + s(b"localhost") + u32(0))
+    assert harness.shared[-1][0] == r.GLOBAL_REQUEST and len(sent) == 3
+
+
+def test_an_owners_second_forwarding_session_reuses_its_leg():
+    harness = OwnerHarness()
+    relay = harness.relay
+    a = relay.attach(Link())
+    _, leg, sent = forwarding_session(harness, a, 0, 100)
+    rid = session_open(relay, a, 1)
+    request(relay, a, rid, AGENT)
+    assert harness.wanted == [] and sent[-1] == (r.CHANNEL_OPEN, s(b"session") + u32(rid) + u32(2 << 20) + u32(32768))
+
+
+def test_the_owner_leaving_closes_its_leg_and_a_finished_session_too():
+    harness = OwnerHarness()
+    relay = harness.relay
+    a, b = relay.attach(Link()), relay.attach(Link())
+    _, leg_a, sent_a = forwarding_session(harness, a, 0, 100)
+    relay.from_leg(leg_a, r.CHANNEL_OPEN, s(b"auth-agent@openssh.com") + u32(7) + u32(4096) + u32(1024))
+    relay.detach(a)
+    assert harness.idle == [leg_a] and leg_a not in relay.legs
+    assert len(sent_a) == 3  # nothing more is said on it: it is closed
+    # b's leg goes once its session (and the agent channel in it) have closed
+    rid, leg_b, _ = forwarding_session(harness, b, 0, 200)
+    relay.from_leg(leg_b, r.CHANNEL_OPEN, s(b"auth-agent@openssh.com") + u32(8) + u32(4096) + u32(1024))
+    agent_rid = struct.unpack(">L", b.link.sent[-1][1][26:30])[0]
+    relay.from_client(b, r.CHANNEL_OPEN_CONFIRMATION, u32(agent_rid) + u32(5) + u32(4096) + u32(1024))
+    for relay_id in (rid, agent_rid):
+        relay.from_leg(leg_b, r.CHANNEL_CLOSE, u32(relay_id))
+        relay.from_client(b, r.CHANNEL_CLOSE, u32(relay_id))
+        assert (leg_b in relay.legs) == (relay_id == rid)
+    assert harness.idle == [leg_a, leg_b] and relay.legs == [relay.leg]
+
+
+def test_a_leg_for_an_owner_who_left_is_not_taken():
+    harness = OwnerHarness()
+    relay = harness.relay
+    a = relay.attach(Link())
+    rid = session_open(relay, a, 0)
+    request(relay, a, rid, AGENT)
+    relay.detach(a)
+    leg, sent = harness.owned_leg(a)
+    assert leg is None and sent == [] and relay.legs == [relay.leg]
+
+
+def test_requests_are_replayed_in_order_and_their_replies_reach_the_client():
+    harness = OwnerHarness()
+    relay = harness.relay
+    a = relay.attach(Link())
+    rid = session_open(relay, a, 3)
+    pty = s(b"xterm") + u32(80) + u32(24) + u32(0) + u32(0) + s(b"\x81" + u32(38400) + b"\0")
+    held = [(b"x11-req", True, X11), (AGENT, False, b""), (b"pty-req", True, pty),
+            (b"env", False, s(b"LANG") + s(b"C")), (b"exec", True, s(b"xterm"))]
+    for name, want_reply, data in held:
+        request(relay, a, rid, name, want_reply, data)
+    relay.from_client(a, r.CHANNEL_EOF, u32(rid))  # ssh -n: EOF may come before the job confirms
+    leg, sent = harness.owned_leg(a)
+    assert a.link.sent == [] and len(sent) == 1
+    relay.from_leg(leg, r.CHANNEL_OPEN_CONFIRMATION, u32(rid) + u32(42) + u32(0) + u32(32768))
+    assert sent[1:] == [(r.CHANNEL_REQUEST, u32(42) + s(n) + bytes([w]) + d) for n, w, d in held] + [
+        (r.CHANNEL_EOF, u32(42))]
+    assert a.link.sent == []  # the job's confirmation is consumed; its window was 0
+    for reply in (r.CHANNEL_SUCCESS, r.CHANNEL_FAILURE, r.CHANNEL_SUCCESS):
+        relay.from_leg(leg, reply, u32(rid))
+    relay.from_leg(leg, r.CHANNEL_WINDOW_ADJUST, u32(rid) + u32(2 << 20))  # sshd starts the session
+    assert a.link.sent == [(r.CHANNEL_SUCCESS, u32(3)), (r.CHANNEL_FAILURE, u32(3)), (r.CHANNEL_SUCCESS, u32(3)),
+                           (r.CHANNEL_WINDOW_ADJUST, u32(3) + u32(2 << 20))]
+
+
+def test_a_refused_open_fails_the_awaited_requests_and_says_why():
+    harness = OwnerHarness()
+    relay = harness.relay
+    a = relay.attach(Link())
+    rid = session_open(relay, a, 3)
+    request(relay, a, rid, b"x11-req", True, X11)
+    request(relay, a, rid, b"env", False, s(b"LANG") + s(b"C"))
+    request(relay, a, rid, b"shell", True)
+    leg, sent = harness.owned_leg(a)
+    relay.from_leg(leg, r.CHANNEL_OPEN_FAILURE, u32(rid) + u32(2) + s(b"open failed") + s(b""))
+    note = b"condor-relay: the job refused the session: open failed\n"
+    assert a.link.sent == [(r.CHANNEL_FAILURE, u32(3)), (r.CHANNEL_FAILURE, u32(3)),
+                           (r.CHANNEL_EXTENDED_DATA, u32(3) + u32(1) + s(note)), (r.CHANNEL_CLOSE, u32(3))]
+    assert harness.idle == [leg] and relay.legs == [relay.leg]  # the owned leg has nothing left
+    relay.from_client(a, r.CHANNEL_CLOSE, u32(rid))
+    assert relay.channels == 0
+
+
+def test_a_failed_owned_leg_says_why():
+    harness = OwnerHarness()
+    relay = harness.relay
+    a = relay.attach(Link())
+    rid = session_open(relay, a, 0)
+    request(relay, a, rid, AGENT)
+    request(relay, a, rid, b"exec", True, s(b"ssh-add -l"))
+    harness.wanted.remove(a)
+    relay.leg_failed("job 1.0: too many negotiations", a)
+    assert a.link.sent[0] == (r.CHANNEL_FAILURE, u32(0))
+    assert b"agent or X11 forwarding: job 1.0: too many negotiations" in a.link.sent[1][1]
+    assert a.link.sent[2] == (r.CHANNEL_CLOSE, u32(0))
+
+
+def test_forwarding_asked_for_after_the_leg_was_picked_is_refused_by_the_job():
+    harness = OwnerHarness()
+    relay = harness.relay
+    a = relay.attach(Link())
+    rid = session_open(relay, a, 0)
+    request(relay, a, rid, b"pty-req", True, s(b"xterm") + u32(80) + u32(24) + u32(0) + u32(0) + s(b""))
+    request(relay, a, rid, AGENT, True)  # asyncssh awaits its pty before asking to forward
+    assert harness.wanted == [] and harness.shared[-1][0] == r.CHANNEL_OPEN
+    relay.from_leg(relay.leg, r.CHANNEL_OPEN_CONFIRMATION, u32(rid) + u32(5) + u32(0) + u32(32768))
+    assert harness.shared[-1] == (r.CHANNEL_REQUEST, u32(5) + s(b"forwarding-refused@condor-relay") + b"\1")
+    request(relay, a, rid, b"x11-req", False, X11)  # after the job confirmed: the same
+    assert harness.shared[-1] == (r.CHANNEL_REQUEST, u32(5) + s(b"forwarding-refused@condor-relay") + b"\0")
+
+
+def test_a_session_closed_before_it_started_never_reaches_the_job():
+    harness = OwnerHarness()
+    relay = harness.relay
+    a = relay.attach(Link())
+    rid = session_open(relay, a, 0)
+    request(relay, a, rid, b"env", False, s(b"A") + s(b"b"))
+    relay.from_client(a, r.CHANNEL_CLOSE, u32(rid))
+    assert a.link.sent == [(r.CHANNEL_CLOSE, u32(0))] and harness.shared == [] and relay.channels == 0
+
+
+def test_held_messages_are_bounded():
+    harness = OwnerHarness()
+    relay = harness.relay
+    a = relay.attach(Link())
+    rid = session_open(relay, a, 0)
+    for i in range(r.MAX_HELD_MESSAGES // 2):
+        request(relay, a, rid, b"env", False, s(b"V%d" % i) + s(b"x"))
+    assert harness.shared[-1][0] == r.CHANNEL_OPEN  # half the bound picks the leg
+    with pytest.raises(r.ProtocolViolation):
+        for i in range(r.MAX_HELD_MESSAGES // 2 + 1):
+            request(relay, a, rid, b"env", False, s(b"W%d" % i) + s(b"x"))
+    with pytest.raises(r.ProtocolViolation):  # data: its window is 0 until the session starts
+        relay.from_client(a, r.CHANNEL_DATA, u32(session_open(relay, a, 1)) + s(b"x"))
