@@ -195,6 +195,9 @@ def test_agent_forwarding_after_a_plain_connection(relay, job, agents):
     assert done.returncode == 0, done.stderr
     assert b"after-plain" in done.stdout
     assert relay.negotiations() == 2  # the forwarding session got a connection of its own
+    # and the shared one never had an agent: a later plain session is not handed a dead socket
+    later = relay.ssh(host, 'echo "agent=$SSH_AUTH_SOCK"')
+    assert later.stdout == b"agent=\n", later.stderr
 
 
 # Lists the agent's keys once it is up, and again after a line on stdin.
