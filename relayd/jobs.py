@@ -3,11 +3,11 @@
 The first client to ask for a job starts the session; clients that ask meanwhile wait
 for the same negotiation. More legs are negotiated only when sshd's MaxSessions is
 reached, and for each client whose session forwards its agent or X11 (a leg of its own,
-closed as soon as that client is done with it). Legs close when unused for `idle_timeout` (the first one once no client is
-attached), because a live sshd keeps the job's slot claimed even after the job exits.
-The first leg's clock starts at the job's last channel, not at its last client: an ssh
-ControlMaster stays attached `ControlPersist` seconds after its last session, and the slot
-should not wait for both.
+closed as soon as that client is done with it). Legs close when unused for
+`idle_timeout` (the first one once no client is attached), because a live sshd keeps the
+job's slot claimed even after the job exits. The first leg's clock starts at the job's
+last channel, not at its last client: an ssh ControlMaster stays attached
+`ControlPersist` seconds after its last session, and the slot should not wait for both.
 """
 
 from __future__ import annotations

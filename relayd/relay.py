@@ -77,7 +77,6 @@ SESSION_MAX_PACKET = 32768
 MAX_HELD_MESSAGES = 64
 MAX_HELD_BYTES = 64 * 1024
 _FORWARDING_REQUESTS = frozenset({b"auth-agent-req@openssh.com", b"x11-req"})
-_START_REQUESTS = frozenset({b"shell", b"exec", b"subsystem"})
 # Requests OpenSSH sends before starting a session without awaiting them: they may precede
 # a forwarding request, so they do not settle the leg.
 _SETUP_REQUESTS = frozenset({b"pty-req", b"env"})
@@ -351,7 +350,7 @@ class Relay:
         failing = theirs[keep:]
         self._waiting = [channel for channel in self._waiting if channel not in failing]
         if owner is not None:
-            reason = f"no connection of its own for agent or X11 forwarding: {reason}"
+            reason = f"could not connect for agent or X11 forwarding: {reason}"
         for channel in failing:
             self._fail_session(channel, reason)
 
@@ -601,11 +600,11 @@ class Relay:
             if msgnum == CHANNEL_CLOSE:
                 return
             raise ProtocolViolation(f"message {msgnum} on channel {channel.relay_id} after its close")
+        if msgnum in (CHANNEL_DATA, CHANNEL_EXTENDED_DATA):  # its window is 0 until then
+            raise ProtocolViolation(f"data on channel {channel.relay_id} before its session started")
         reader = _Reader(payload)
         reader.u32()
-        settles = False
-        if msgnum in (CHANNEL_DATA, CHANNEL_EXTENDED_DATA):
-            raise ProtocolViolation(f"data on channel {channel.relay_id} before its session started")
+        settles = False  # whether the leg it needs is known (or the client may await an answer)
         if msgnum == CHANNEL_CLOSE:
             channel.client_closed = True
             if channel.leg is None:  # the job never heard of it

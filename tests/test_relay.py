@@ -494,7 +494,7 @@ def test_a_failed_owned_leg_says_why():
     harness.wanted.remove(a)
     relay.leg_failed("job 1.0: too many negotiations", a)
     assert a.link.sent[0] == (r.CHANNEL_FAILURE, u32(0))
-    assert b"agent or X11 forwarding: job 1.0: too many negotiations" in a.link.sent[1][1]
+    assert b"could not connect for agent or X11 forwarding: job 1.0: too many negotiations" in a.link.sent[1][1]
     assert a.link.sent[2] == (r.CHANNEL_CLOSE, u32(0))
 
 
