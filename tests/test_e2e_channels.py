@@ -200,6 +200,35 @@ def test_agent_forwarding_after_a_plain_connection(relay, job, agents):
     assert later.stdout == b"agent=\n", later.stderr
 
 
+def test_agent_forwarding_in_a_terminal(relay, job, agents):
+    import pty
+
+    host, _ = job
+    env = agents("in-a-terminal")
+    assert relay.ssh(host, "true").returncode == 0
+    controller, terminal = pty.openpty()
+    session = subprocess.Popen(relay.ssh_argv("-tt", "-A", host, "ssh-add -l"), env=env, stdin=terminal,
+                               stdout=terminal, stderr=terminal)
+    os.close(terminal)
+    output = b""
+    try:
+        deadline = time.monotonic() + 30
+        while select.select([controller], [], [], max(0.0, deadline - time.monotonic()))[0]:
+            try:
+                chunk = os.read(controller, 4096)
+            except OSError:  # EIO: ssh closed the terminal
+                break
+            if not chunk:
+                break
+            output += chunk
+        assert session.wait(10) == 0, output
+        assert b"in-a-terminal" in output
+    finally:
+        if session.poll() is None:
+            stop(session)
+        os.close(controller)
+
+
 # Lists the agent's keys once it is up, and again after a line on stdin.
 LIST_TWICE = "ssh-add -l; echo listed; read line; ssh-add -l; echo listed"
 
