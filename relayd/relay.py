@@ -69,7 +69,8 @@ MAX_LEGS_IN_NEGOTIATION = 4
 OPEN_ADMINISTRATIVELY_PROHIBITED = 1
 OPEN_CONNECT_FAILED = 2
 
-# What sshd confirms a session open with: no window until the session starts, 32 KiB packets.
+# What sshd confirms a session open with: no window until the session starts, 32 KiB packets
+# (the job's OpenSSH sshd drops bigger data packets, so the client must not send more).
 SESSION_MAX_PACKET = 32768
 # A session confirmed by the relay holds the client's messages until the job confirms it: at
 # most this many messages and bytes (a client sending more first is dropped); the leg is

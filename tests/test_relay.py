@@ -535,3 +535,31 @@ def test_held_messages_are_bounded():
             request(relay, a, rid, b"env", False, s(b"W%d" % i) + s(b"x"))
     with pytest.raises(r.ProtocolViolation):  # data: its window is 0 until the session starts
         relay.from_client(a, r.CHANNEL_DATA, u32(session_open(relay, a, 1)) + s(b"x"))
+
+
+def test_a_close_before_the_job_confirmed_follows_the_held_requests():
+    harness = OwnerHarness()
+    relay = harness.relay
+    a = relay.attach(Link())
+    rid = session_open(relay, a, 0)
+    request(relay, a, rid, b"exec", True, s(b"sleep 9"))
+    relay.from_client(a, r.CHANNEL_CLOSE, u32(rid))  # ssh interrupted at once
+    relay.from_leg(relay.leg, r.CHANNEL_OPEN_CONFIRMATION, u32(rid) + u32(6) + u32(0) + u32(32768))
+    assert harness.shared[1:] == [(r.CHANNEL_REQUEST, u32(6) + s(b"exec") + b"\1" + s(b"sleep 9")),
+                                  (r.CHANNEL_CLOSE, u32(6))]
+    relay.from_leg(relay.leg, r.CHANNEL_SUCCESS, u32(rid))
+    relay.from_leg(relay.leg, r.CHANNEL_CLOSE, u32(rid))
+    assert a.link.sent == [(r.CHANNEL_SUCCESS, u32(0)), (r.CHANNEL_CLOSE, u32(0))] and relay.channels == 0
+
+
+def test_a_lost_owned_leg_ends_a_session_it_had_not_confirmed_with_the_reason():
+    harness = OwnerHarness()
+    relay = harness.relay
+    a = relay.attach(Link())
+    rid = session_open(relay, a, 0)
+    request(relay, a, rid, AGENT)
+    request(relay, a, rid, b"exec", True, s(b"true"))
+    leg, _ = harness.owned_leg(a)
+    relay.remove_leg(leg)
+    assert a.link.sent[0] == (r.CHANNEL_FAILURE, u32(0)) and a.link.sent[-1] == (r.CHANNEL_CLOSE, u32(0))
+    assert b"connection to the job lost" in a.link.sent[1][1] and relay.legs == [relay.leg]
