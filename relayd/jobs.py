@@ -2,11 +2,12 @@
 
 The first client to ask for a job starts the session; clients that ask meanwhile wait
 for the same negotiation. More legs are negotiated only when sshd's MaxSessions is
-reached. Legs close when unused for `idle_timeout` (the first one once no client is
-attached), because a live sshd keeps the job's slot claimed even after the job exits.
-The first leg's clock starts at the job's last channel, not at its last client: an ssh
-ControlMaster stays attached `ControlPersist` seconds after its last session, and the slot
-should not wait for both.
+reached, and for each client whose session forwards its agent or X11 (a leg of its own,
+closed as soon as that client is done with it). Legs close when unused for
+`idle_timeout` (the first one once no client is attached), because a live sshd keeps the
+job's slot claimed even after the job exits. The first leg's clock starts at the job's
+last channel, not at its last client: an ssh ControlMaster stays attached
+`ControlPersist` seconds after its last session, and the slot should not wait for both.
 """
 
 from __future__ import annotations
@@ -98,7 +99,7 @@ class JobSession:
                 waiter.callback(self)
         self._waiters.clear()
 
-    async def _add_leg(self, first: bool) -> None:
+    async def _add_leg(self, first: bool, owner: Client | None = None) -> None:
         self.negotiations += 1
         credentials = await self._open_leg(self._progress, first)
         connection = UpstreamConnection(self._reactor, self._from_job, self._leg_lost, self.traffic)
@@ -109,19 +110,23 @@ class JobSession:
         if self.closed:
             connection.close("relay no longer needs this connection")
             return
-        leg = self.relay.add_leg(connection)
+        leg = self.relay.add_leg(connection, owner)
+        if leg is None:
+            connection.close("its client left")
+            return
         self._connections[leg] = connection
         self._legs[connection] = leg
         log.info("job {job}: upstream connection {n} ready", job=self.job.job_id, n=len(self._connections))
 
-    def _need_leg(self) -> None:
-        """Every leg has MaxSessions sessions: negotiate one more."""
+    def _need_leg(self, owner: Client | None) -> None:
+        """Negotiate one more leg: shared when every shared leg has MaxSessions sessions, or
+        owned by a client whose session forwards its agent or X11."""
         async def add() -> None:
             try:
-                await self._add_leg(first=False)
+                await self._add_leg(first=False, owner=owner)
             except Exception as exc:
                 log.warn("job {job}: another upstream connection failed: {exc}", job=self.job.job_id, exc=exc)
-                self.relay.leg_failed(str(exc))
+                self.relay.leg_failed(str(exc), owner)
 
         defer.ensureDeferred(add())
 
@@ -194,7 +199,9 @@ class JobSession:
     def _leg_idle(self, leg: Leg) -> None:
         if not self.relay.channels:
             self._quiet_since = self._reactor.seconds()
-        if leg is not self.relay.legs[0]:
+        if leg not in self.relay.legs:  # an owned leg its client is done with: no one else may use it
+            self._connections[leg].close("its client is done with it")
+        elif leg is not self.relay.legs[0]:
             self._arm_timer(leg)
 
     def _arm_timer(self, leg: Leg, delay: float | None = None) -> None:

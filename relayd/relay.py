@@ -15,6 +15,29 @@ A job's sshd allows `MaxSessions` (10) session channels per connection. When eve
 full, session opens wait while the owner negotiates another leg (`need_leg`), so clients
 never see the limit. Global requests and everything they cause (remote forwards) live on
 the first leg, which is kept while any client is attached.
+
+Agent and X11 forwarding cannot share a leg: the job's sshd sets up one agent socket per
+connection (at its first auth-agent-req) and puts it in the environment of every later
+session there, and neither agent nor x11 channels say which session they serve. So a
+session asking for either lives on a leg owned by its client alone ("owned leg"): sshd's
+agent and x11 channels on it go to the owner, no other client's channel goes there, and
+it carries no global requests. It closes once it has no channels or its owner leaves: a
+held sshd keeps the job's slot claimed, and a forwarding ssh has one session, so lingering
+would rarely be reused (a later forwarding session of the same client negotiates again).
+Sessions that forward nothing stay on the shared legs.
+
+The forwarding requests come after the session is open, so the relay confirms a client's
+session open itself, as sshd does (window 0, the session not started), and holds the
+client's messages on it. The leg is picked at the first request that settles it: a
+forwarding request (owned leg), a start (shell, exec, subsystem), any request whose answer
+the client may be waiting for (asyncssh awaits its pty-req before asking to forward), or
+once the held messages reach half their bound. The channel is then opened there and, once
+the job confirms, the held messages follow in order, so sshd's replies reach the client in
+the order it asked (the confirmation itself is consumed; its window, if any, becomes a
+window adjust). A forwarding request that comes after its session went to a shared leg is
+passed on under a name sshd refuses, so it is refused in order with the others. When no
+leg can take the session, the client gets failure for the requests it awaits, the reason
+on its stderr and the channel's close.
 """
 
 from __future__ import annotations
@@ -45,6 +68,22 @@ MAX_LEGS_IN_NEGOTIATION = 4
 
 OPEN_ADMINISTRATIVELY_PROHIBITED = 1
 OPEN_CONNECT_FAILED = 2
+
+# What sshd confirms a session open with: no window until the session starts, 32 KiB packets
+# (the job's OpenSSH sshd drops bigger data packets, so the client must not send more).
+SESSION_MAX_PACKET = 32768
+# A session confirmed by the relay holds the client's messages until the job confirms it: at
+# most this many messages and bytes (a client sending more first is dropped); the leg is
+# picked at half of either.
+MAX_HELD_MESSAGES = 64
+MAX_HELD_BYTES = 64 * 1024
+_FORWARDING_REQUESTS = frozenset({b"auth-agent-req@openssh.com", b"x11-req"})
+# Requests OpenSSH sends before starting a session without awaiting them: they may precede
+# a forwarding request, so they do not settle the leg.
+_SETUP_REQUESTS = frozenset({b"pty-req", b"env"})
+# What a forwarding request becomes on a leg its client does not own: sshd refuses unknown
+# requests, answering in order with the channel's other requests.
+_REFUSED_REQUEST = b"forwarding-refused@condor-relay"
 
 # Messages whose first field is the recipient channel and that are routed by it.
 _CHANNEL_MESSAGES = frozenset(range(CHANNEL_WINDOW_ADJUST, CHANNEL_FAILURE + 1))
@@ -216,9 +255,7 @@ class Leg:
     pending_replies: deque[tuple[Client, bytes, bytes]] = field(default_factory=deque)
     # tcpip-forward (address, port) and streamlocal-forward paths -> the client that asked
     forwards: dict[tuple[bytes, int] | bytes, Client] = field(default_factory=dict)
-    # clients that asked this leg for agent or X11 forwarding, most recent last
-    agent_clients: list[Client] = field(default_factory=list)
-    x11_clients: list[Client] = field(default_factory=list)
+    owner: Client | None = None  # the client whose agent/X11 forwarding sessions alone it carries
 
 
 @dataclass(eq=False)
@@ -236,14 +273,25 @@ class Channel:
     client_window: int = 0  # at least what the job's sshd may still send (grows by client adjusts)
     client_eof: bool = False
     pty_requested: bool = False
+    # a session the relay confirmed itself: the client's messages until the job confirms it
+    held: list[tuple[int, bytes]] | None = None
+    held_bytes: int = 0
+    forwarding: bool = False  # its client asked for agent or X11 forwarding before its leg was picked
+    leg_picked: bool = False
 
 
 class Relay:
-    """Routes connection-layer messages between attached clients and a job's legs."""
+    """Routes connection-layer messages between attached clients and a job's legs.
+
+    `need_leg(owner)` asks for another leg, shared (owner None) or owned by that client;
+    it is answered by `add_leg(link, owner)` or `leg_failed(reason, owner)`. `leg_idle(leg)`
+    says a leg has no channels left: a shared one may be closed when the caller likes, an
+    owned one the relay has already dropped and must be closed now.
+    """
 
     def __init__(
         self,
-        need_leg: Callable[[], None],
+        need_leg: Callable[[Client | None], None],
         leg_idle: Callable[[Leg], None],
         max_sessions: int = 10,
     ) -> None:
@@ -255,7 +303,8 @@ class Relay:
         self._channels: dict[int, Channel] = {}
         self._next_id = 0
         self._waiting: list[Channel] = []  # session opens waiting for a leg with room
-        self._legs_requested = 0  # need_leg calls not yet answered by add_leg or leg_failed
+        # need_leg calls not yet answered by add_leg or leg_failed, per owner (None: shared)
+        self._legs_requested: dict[Client | None, int] = {}
 
     # -- bookkeeping -------------------------------------------------------------------
 
@@ -276,29 +325,47 @@ class Relay:
         self._clients.append(client)
         return client
 
-    def add_leg(self, link: LegLink) -> Leg:
-        """A new upstream connection is ready: waiting session opens go to it."""
-        leg = Leg(link, capacity=self._max_sessions)
+    def add_leg(self, link: LegLink, owner: Client | None = None) -> Leg | None:
+        """A new upstream connection is ready: waiting session opens go to it.
+
+        None if it is not wanted (its owner left, or has nothing left for it): close it.
+        """
+        self._leg_answered(owner)
+        if owner is not None and not owner.attached:
+            return None
+        leg = Leg(link, capacity=self._max_sessions, owner=owner)
         self._legs.append(leg)
-        self._legs_requested = max(0, self._legs_requested - 1)
         waiting, self._waiting = self._waiting, []
         for channel in waiting:
             self._open_on_a_leg(channel)
+        if owner is not None and not leg.channels:
+            self._legs.remove(leg)
+            return None
         return leg
 
-    def leg_failed(self, reason: str) -> None:
-        """A leg asked for with need_leg could not be made: the waiting opens that the legs
-        still being made cannot take fail, the most recent first."""
-        self._legs_requested = max(0, self._legs_requested - 1)
-        keep = self._legs_requested * self._max_sessions
-        waiting, self._waiting = self._waiting[keep:], self._waiting[:keep]
-        for channel in waiting:
-            self._forget(channel)
-            if channel.client.attached and channel.client_id is not None:
-                channel.client.link.send(
-                    CHANNEL_OPEN_FAILURE,
-                    _open_failure(channel.client_id, OPEN_CONNECT_FAILED, reason.encode()),
-                )
+    def leg_failed(self, reason: str, owner: Client | None = None) -> None:
+        """A leg asked for with need_leg could not be made: the waiting opens for that owner
+        that the legs still being made cannot take fail, the most recent first."""
+        keep = self._leg_answered(owner) * self._max_sessions
+        theirs = [channel for channel in self._waiting if self._owner_wanted(channel) is owner]
+        failing = theirs[keep:]
+        self._waiting = [channel for channel in self._waiting if channel not in failing]
+        if owner is not None:
+            reason = f"could not connect for agent or X11 forwarding: {reason}"
+        for channel in failing:
+            self._fail_session(channel, reason)
+
+    def _leg_answered(self, owner: Client | None) -> int:
+        """One need_leg call for `owner` was answered: how many are still out."""
+        left = self._legs_requested.pop(owner, 0) - 1
+        if left > 0:
+            self._legs_requested[owner] = left
+        return max(0, left)
+
+    @staticmethod
+    def _owner_wanted(channel: Channel) -> Client | None:
+        """Who must own the leg a channel goes on (None: a shared leg)."""
+        return channel.client if channel.forwarding else None
 
     def remove_leg(self, leg: Leg) -> None:
         """An upstream connection is gone: its channels end towards their clients."""
@@ -307,6 +374,9 @@ class Relay:
         self._legs.remove(leg)
         for relay_id in list(leg.channels):
             channel = self._channels[relay_id]
+            if channel.held is not None:  # confirmed by the relay, still pending at the job
+                self._fail_session(channel, "connection to the job lost")
+                continue
             self._forget(channel)
             if not channel.client.attached or channel.client_id is None:
                 continue
@@ -325,10 +395,10 @@ class Relay:
         client.attached = False
         self._clients.remove(client)
         self._waiting = [c for c in self._waiting if c.client is not client]
+        self._legs_requested.pop(client, None)
+        for leg in [leg for leg in self._legs if leg.owner is client]:
+            self._drop_owned_leg(leg)
         for leg in self._legs:
-            for list_ in (leg.agent_clients, leg.x11_clients):
-                if client in list_:
-                    list_.remove(client)
             for key in [k for k, c in leg.forwards.items() if c is client]:
                 del leg.forwards[key]
                 self._cancel_forward(leg, key)
@@ -348,6 +418,13 @@ class Relay:
                 channel.client_closed = True
                 channel.leg.link.send(CHANNEL_CLOSE, _u32(channel.server_id))
                 self._forget_if_done(channel)
+
+    def _drop_owned_leg(self, leg: Leg) -> None:
+        """Its owner left: its channels go without a word (the connection closes) and so does it."""
+        self._legs.remove(leg)
+        for relay_id in list(leg.channels):
+            self._forget(self._channels[relay_id])
+        self._leg_idle(leg)
 
     def shutdown(self, reason: str) -> None:
         """The job is gone: every client connection ends with the reason.
@@ -412,12 +489,18 @@ class Relay:
     def _forget(self, channel: Channel) -> None:
         self._channels.pop(channel.relay_id, None)
         channel.client.channels.discard(channel.relay_id)
+        self._unplace(channel)
+
+    def _unplace(self, channel: Channel) -> None:
+        """Take a channel off its leg; a leg left with none is idle, and an owned one dropped."""
         leg = channel.leg
         if leg is not None and channel.relay_id in leg.channels:
             leg.channels.discard(channel.relay_id)
             if channel.kind == b"session":
                 leg.sessions -= 1
             if not leg.channels and leg in self._legs:
+                if leg.owner is not None:
+                    self._legs.remove(leg)
                 self._leg_idle(leg)
 
     def _forget_if_done(self, channel: Channel) -> None:
@@ -464,6 +547,9 @@ class Relay:
     def _client_channel_message(self, client: Client, msgnum: int, payload: bytes) -> None:
         reader = _Reader(payload)
         channel = self._owned(client, reader.u32())
+        if channel.held is not None:
+            self._hold(channel, msgnum, payload)
+            return
         if channel.leg is None or channel.server_id is None or channel.client_id is None:
             raise ProtocolViolation(f"message {msgnum} on channel {channel.relay_id} before it was open")
         if channel.client_closed:
@@ -481,10 +567,8 @@ class Relay:
             channel.client_eof = True
         elif msgnum == CHANNEL_REQUEST:
             name = reader.string()
-            if name == b"auth-agent-req@openssh.com":
-                self._note_feature(channel.leg.agent_clients, client)
-            elif name == b"x11-req":
-                self._note_feature(channel.leg.x11_clients, client)
+            if name in _FORWARDING_REQUESTS:
+                payload = self._forwarding_checked(channel, payload)
             elif name == b"pty-req":
                 if channel.pty_requested:
                     raise ProtocolViolation(f"second pty request on channel {channel.relay_id}")
@@ -496,10 +580,88 @@ class Relay:
             self._forget_if_done(channel)
 
     @staticmethod
-    def _note_feature(clients: list[Client], client: Client) -> None:
-        if client in clients:
-            clients.remove(client)
-        clients.append(client)
+    def _forwarding_checked(channel: Channel, payload: bytes) -> bytes:
+        """A forwarding request as it may go to the channel's leg: on a leg its client does
+        not own it would set up forwarding for others' sessions, so sshd gets one it refuses."""
+        assert channel.leg is not None
+        reader = _Reader(payload)
+        reader.u32()
+        if reader.string() not in _FORWARDING_REQUESTS or channel.leg.owner is channel.client:
+            return payload
+        return payload[:4] + _string(_REFUSED_REQUEST) + bytes([reader.boolean()])
+
+    def _hold(self, channel: Channel, msgnum: int, payload: bytes) -> None:
+        """A client message on a session the job has not confirmed yet: kept for it, and
+        the leg picked once the messages settle which kind it must be."""
+        if channel.server_closed:  # no leg took it and the relay closed it: the client's close ends it
+            if msgnum == CHANNEL_CLOSE:
+                self._forget(channel)
+            return
+        if channel.client_closed:
+            if msgnum == CHANNEL_CLOSE:
+                return
+            raise ProtocolViolation(f"message {msgnum} on channel {channel.relay_id} after its close")
+        if msgnum in (CHANNEL_DATA, CHANNEL_EXTENDED_DATA):  # its window is 0 until then
+            raise ProtocolViolation(f"data on channel {channel.relay_id} before its session started")
+        reader = _Reader(payload)
+        reader.u32()
+        settles = False  # whether the leg it needs is known (or the client may await an answer)
+        if msgnum == CHANNEL_CLOSE:
+            channel.client_closed = True
+            if channel.leg is None:  # the job never heard of it
+                if channel in self._waiting:
+                    self._waiting.remove(channel)
+                channel.client.link.send(CHANNEL_CLOSE, _u32(channel.client_id))
+                self._forget(channel)
+                return
+        elif msgnum == CHANNEL_WINDOW_ADJUST:
+            channel.client_window += reader.u32()
+            if channel.client_window > 0xFFFFFFFF:
+                raise ProtocolViolation(f"window adjust overflows the window of channel {channel.relay_id}")
+        elif msgnum == CHANNEL_EOF:
+            channel.client_eof = True
+        elif msgnum == CHANNEL_REQUEST:
+            name = reader.string()
+            if name == b"pty-req":
+                if channel.pty_requested:
+                    raise ProtocolViolation(f"second pty request on channel {channel.relay_id}")
+                channel.pty_requested = True
+            channel.forwarding = channel.forwarding or (name in _FORWARDING_REQUESTS and not channel.leg_picked)
+            settles = reader.boolean() or name not in _SETUP_REQUESTS
+        channel.held.append((msgnum, payload))
+        channel.held_bytes += len(payload)
+        if len(channel.held) > MAX_HELD_MESSAGES or channel.held_bytes > MAX_HELD_BYTES:
+            raise ProtocolViolation(f"too many messages on channel {channel.relay_id} before the job opened it")
+        if len(channel.held) * 2 >= MAX_HELD_MESSAGES or channel.held_bytes * 2 >= MAX_HELD_BYTES:
+            settles = True
+        if settles and not channel.leg_picked:
+            channel.leg_picked = True
+            self._open_on_a_leg(channel)
+
+    def _fail_session(self, channel: Channel, reason: str) -> None:
+        """No leg can take a session the relay confirmed itself: the client gets failure for
+        the requests it awaits, the reason on its stderr, and the channel's close."""
+        self._unplace(channel)
+        channel.leg = None
+        channel.server_closed = True
+        held, channel.held = channel.held or [], []
+        if not channel.client.attached or channel.client_closed:
+            if channel.client.attached:
+                channel.client.link.send(CHANNEL_CLOSE, _u32(channel.client_id))
+            self._forget(channel)
+            return
+        send = channel.client.link.send
+        for msgnum, payload in held:
+            if msgnum == CHANNEL_REQUEST:
+                request = _Reader(payload)
+                request.u32(), request.skip_string()
+                if request.boolean():
+                    send(CHANNEL_FAILURE, _u32(channel.client_id))
+        end = "\r\n" if channel.pty_requested else "\n"
+        note = f"condor-relay: {reason}{end}".encode()
+        if channel.client_window >= len(note):
+            send(CHANNEL_EXTENDED_DATA, _u32(channel.client_id) + _u32(EXTENDED_DATA_STDERR) + _string(note))
+        send(CHANNEL_CLOSE, _u32(channel.client_id))
 
     def _client_open(self, client: Client, payload: bytes) -> None:
         reader = _Reader(payload)
@@ -513,20 +675,27 @@ class Relay:
         channel = self._allocate(kind, client, None, client_id=sender, server_id=None)
         channel.open_rest = reader.rest()
         channel.client_window = _Reader(channel.open_rest).u32()
-        self._open_on_a_leg(channel)
+        if kind != b"session":
+            self._open_on_a_leg(channel)
+            return
+        channel.held = []  # its leg is picked once its requests say whether it forwards
+        client.link.send(CHANNEL_OPEN_CONFIRMATION, _u32(sender) + _u32(channel.relay_id) + _u32(0)
+                         + _u32(SESSION_MAX_PACKET))
 
     def _open_on_a_leg(self, channel: Channel) -> None:
+        owner = self._owner_wanted(channel)
         if channel.kind == b"session":
-            leg = next((leg for leg in self._legs if leg.sessions < leg.capacity), None)
+            leg = next((leg for leg in self._legs if leg.owner is owner and leg.sessions < leg.capacity), None)
         else:
             leg = self._legs[0] if self._legs else None
         if leg is None:
             self._waiting.append(channel)
             # negotiated side by side, as many as the waiting opens fill (a few at a time)
-            wanted = min(-(-len(self._waiting) // self._max_sessions), MAX_LEGS_IN_NEGOTIATION)
-            while self._legs_requested < wanted:
-                self._legs_requested += 1
-                self._need_leg()
+            waiting = sum(1 for c in self._waiting if self._owner_wanted(c) is owner)
+            wanted = min(-(-waiting // self._max_sessions), MAX_LEGS_IN_NEGOTIATION)
+            while self._legs_requested.get(owner, 0) < wanted:
+                self._legs_requested[owner] = self._legs_requested.get(owner, 0) + 1
+                self._need_leg(owner)
             return
         self._place(channel, leg)
         leg.link.send(CHANNEL_OPEN, _string(channel.kind) + _u32(channel.relay_id) + channel.open_rest)
@@ -611,6 +780,11 @@ class Relay:
             if channel.kind == b"session" and leg.sessions > 1 and not channel.moved:
                 self._move_refused_session(channel, leg)
                 return
+            if channel.held is not None:
+                reader.u32()  # the reason code
+                text = reader.string().decode(errors="replace")
+                self._fail_session(channel, f"the job refused the session: {text}")
+                return
             self._forget(channel)
             if channel.client.attached:
                 channel.client.link.send(msgnum, _u32(channel.client_id) + reader.rest())
@@ -621,7 +795,22 @@ class Relay:
             channel.client_closed = True
             leg.link.send(CHANNEL_CLOSE, _u32(channel.server_id))
             return
+        if channel.held is not None:
+            self._replay(channel, leg, reader.u32())
+            return
         channel.client.link.send(msgnum, _u32(channel.client_id) + _u32(channel.relay_id) + reader.rest())
+
+    def _replay(self, channel: Channel, leg: Leg, window: int) -> None:
+        """The job confirmed a session the relay had confirmed: its window goes to the client,
+        the held messages to the job, in order."""
+        assert channel.held is not None and channel.server_id is not None
+        held, channel.held, channel.held_bytes = channel.held, None, 0
+        if window:
+            channel.client.link.send(CHANNEL_WINDOW_ADJUST, _u32(channel.client_id) + _u32(window))
+        for msgnum, payload in held:
+            if msgnum == CHANNEL_REQUEST:
+                payload = self._forwarding_checked(channel, payload)
+            leg.link.send(msgnum, _readdressed(channel.server_id, payload))
 
     def _move_refused_session(self, channel: Channel, leg: Leg) -> None:
         """sshd refused a session beside others: take that as its MaxSessions and retry.
@@ -656,16 +845,15 @@ class Relay:
 
     @staticmethod
     def _route_server_open(leg: Leg, kind: bytes, extra: _Reader) -> Client | None:
-        """Pick the client a channel opened by the job's sshd belongs to."""
+        """Pick the client a channel opened by the job's sshd belongs to: agent and X11
+        channels only ever to the owner of the leg (no one's on a shared leg)."""
         if kind == b"forwarded-tcpip":
             address, port = extra.string(), extra.u32()
             return leg.forwards.get((address, port))
         if kind == b"forwarded-streamlocal@openssh.com":
             return leg.forwards.get(extra.string())
-        if kind == b"auth-agent@openssh.com":
-            return leg.agent_clients[-1] if leg.agent_clients else None
-        if kind == b"x11":
-            return leg.x11_clients[-1] if leg.x11_clients else None
+        if kind in (b"auth-agent@openssh.com", b"x11") and leg.owner is not None and leg.owner.attached:
+            return leg.owner
         return None
 
     def _leg_global_reply(self, leg: Leg, msgnum: int, payload: bytes) -> None:

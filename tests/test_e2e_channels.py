@@ -155,26 +155,120 @@ def test_unix_socket_forwarding_both_ways(relay, job, tmp_path):
         echo.close()
 
 
-def test_agent_forwarding_lists_the_clients_key(relay, job, tmp_path):
-    host, _ = job
-    key = tmp_path / "agent_key"
-    subprocess.run(["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-C", "relay-agent-test", "-f", str(key)],
-                   check=True)
-    agent_sock = tmp_path / "agent.sock"
-    agent = subprocess.Popen(["ssh-agent", "-D", "-a", str(agent_sock)], stdout=subprocess.DEVNULL)
-    try:
+@pytest.fixture
+def agents(relay, tmp_path):
+    """Start ssh-agents holding one key each, named by its comment: the env for ssh to use it."""
+    started: list[subprocess.Popen] = []
+
+    def start(comment: str) -> dict[str, str]:
+        key = tmp_path / f"{comment}.key"
+        subprocess.run(["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-C", comment, "-f", str(key)], check=True)
+        agent_sock = tmp_path / f"{comment}.sock"
+        started.append(subprocess.Popen(["ssh-agent", "-D", "-a", str(agent_sock)], stdout=subprocess.DEVNULL))
         env = dict(relay.home.env, SSH_AUTH_SOCK=str(agent_sock))
         deadline = time.monotonic() + 10
         while not agent_sock.exists():
             assert time.monotonic() < deadline
             time.sleep(0.05)
         subprocess.run(["ssh-add", "-q", str(key)], env=env, check=True)
-        done = subprocess.run(relay.ssh_argv("-A", host, "ssh-add -l"), env=env, capture_output=True, timeout=60)
-        assert done.returncode == 0, done.stderr
-        assert b"relay-agent-test" in done.stdout
-    finally:
+        return env
+
+    yield start
+    for agent in started:
         agent.terminate()
         agent.wait()
+
+
+def test_agent_forwarding_lists_the_clients_key(relay, job, agents):
+    host, _ = job
+    env = agents("relay-agent-test")
+    done = subprocess.run(relay.ssh_argv("-A", host, "ssh-add -l"), env=env, capture_output=True, timeout=60)
+    assert done.returncode == 0, done.stderr
+    assert b"relay-agent-test" in done.stdout
+
+
+def test_agent_forwarding_after_a_plain_connection(relay, job, agents):
+    host, _ = job
+    env = agents("after-plain")
+    assert relay.ssh(host, "true").returncode == 0
+    done = subprocess.run(relay.ssh_argv("-A", host, "ssh-add -l"), env=env, capture_output=True, timeout=60)
+    assert done.returncode == 0, done.stderr
+    assert b"after-plain" in done.stdout
+    assert relay.negotiations() == 2  # the forwarding session got a connection of its own
+    # and the shared one never had an agent: a later plain session is not handed a dead socket
+    later = relay.ssh(host, 'echo "agent=$SSH_AUTH_SOCK"')
+    assert later.stdout == b"agent=\n", later.stderr
+
+
+def test_agent_forwarding_in_a_terminal(relay, job, agents):
+    import pty
+
+    host, _ = job
+    env = agents("in-a-terminal")
+    assert relay.ssh(host, "true").returncode == 0
+    controller, terminal = pty.openpty()
+    session = subprocess.Popen(relay.ssh_argv("-tt", "-A", host, "ssh-add -l"), env=env, stdin=terminal,
+                               stdout=terminal, stderr=terminal)
+    os.close(terminal)
+    output = b""
+    try:
+        deadline = time.monotonic() + 30
+        while select.select([controller], [], [], max(0.0, deadline - time.monotonic()))[0]:
+            try:
+                chunk = os.read(controller, 4096)
+            except OSError:  # EIO: ssh closed the terminal
+                break
+            if not chunk:
+                break
+            output += chunk
+        assert session.wait(10) == 0, output
+        assert b"in-a-terminal" in output
+    finally:
+        if session.poll() is None:
+            stop(session)
+        os.close(controller)
+
+
+# Lists the agent's keys once it is up, and again after a line on stdin.
+LIST_TWICE = "ssh-add -l; echo listed; read line; ssh-add -l; echo listed"
+
+
+def test_concurrent_clients_each_reach_only_their_own_agent(relay, job, agents):
+    host, _ = job
+    sessions = {}
+    try:
+        for name in ("agent-one", "agent-two"):
+            env = agents(name)
+            sessions[name] = subprocess.Popen(relay.ssh_argv("-A", host, LIST_TWICE), env=env,
+                                              stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+            read_until(sessions[name].stdout, b"listed")
+        outputs = {}
+        for name, session in sessions.items():  # each lists again once both forward their agent
+            out, err = session.communicate(b"\n", timeout=30)
+            assert session.returncode == 0, err
+            outputs[name] = out
+        for name, other in (("agent-one", "agent-two"), ("agent-two", "agent-one")):
+            assert name.encode() in outputs[name] and other.encode() not in outputs[name], outputs
+    finally:
+        for session in sessions.values():
+            if session.poll() is None:
+                stop(session)
+    assert relay.negotiations() == 3
+
+
+def test_a_plain_session_beside_a_forwarding_one_has_no_agent(relay, job, agents):
+    host, _ = job
+    forwarding = subprocess.Popen(relay.ssh_argv("-A", host, LIST_TWICE), env=agents("forwarded"),
+                                  stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    try:
+        read_until(forwarding.stdout, b"listed")
+        plain = relay.ssh(host, 'echo "agent=$SSH_AUTH_SOCK"; ssh-add -l; echo "listed $?"')
+        assert plain.stdout.startswith(b"agent=\n") and b"forwarded" not in plain.stdout, plain
+        out, err = forwarding.communicate(b"\n", timeout=30)
+        assert b"forwarded" in out, err  # its second listing (read_until took the first)
+    finally:
+        if forwarding.poll() is None:
+            stop(forwarding)
 
 
 DISPLAY_CONNECT = (
@@ -183,8 +277,8 @@ DISPLAY_CONNECT = (
 )
 
 
-def test_x11_forwarding_opens_a_channel_to_the_clients_display(relay, job, tmp_path):
-    host, _ = job
+def fake_display(tmp_path: Path, relay) -> tuple[socket.socket, dict[str, str]]:
+    """A listening X display on 127.0.0.1 (nothing speaks X on it): the socket and ssh's env."""
     display_listener = socket.socket()
     for number in range(50, 100):
         try:
@@ -194,7 +288,13 @@ def test_x11_forwarding_opens_a_channel_to_the_clients_display(relay, job, tmp_p
             continue
     display_listener.listen(4)
     display_listener.settimeout(20)
-    env = dict(relay.home.env, DISPLAY=f"127.0.0.1:{number}", XAUTHORITY=str(tmp_path / "Xauthority"))
+    env = dict(relay.home.env, DISPLAY=f"127.0.0.1:{number}", XAUTHORITY=str(tmp_path / f"Xauthority{number}"))
+    return display_listener, env
+
+
+def test_x11_forwarding_opens_a_channel_to_the_clients_display(relay, job, tmp_path):
+    host, _ = job
+    display_listener, env = fake_display(tmp_path, relay)
     session = subprocess.Popen(relay.ssh_argv("-Y", host, f"python3 -c \"{DISPLAY_CONNECT}\""),
                                env=env, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
     try:
@@ -206,6 +306,38 @@ def test_x11_forwarding_opens_a_channel_to_the_clients_display(relay, job, tmp_p
         if session.poll() is None:
             session.kill()
         display_listener.close()
+
+
+def test_concurrent_x11_clients_each_reach_only_their_own_display(relay, job, tmp_path):
+    host, _ = job
+    command = f"echo up; read line; python3 -c \"{DISPLAY_CONNECT}\""
+    displays, sessions = [], []
+    try:
+        for flag in ("-X", "-Y"):
+            display_listener, env = fake_display(tmp_path, relay)
+            displays.append(display_listener)
+            sessions.append(subprocess.Popen(relay.ssh_argv(flag, host, command), env=env, stdin=subprocess.PIPE,
+                                             stdout=subprocess.PIPE, stderr=subprocess.PIPE))
+            read_until(sessions[-1].stdout, b"up")
+        for display_listener, session in zip(displays, sessions):  # the first one asked first
+            session.stdin.write(b"\n")
+            session.stdin.flush()
+            conn, _ = display_listener.accept()
+            conn.close()
+            out, err = session.communicate(timeout=30)
+            assert b"connected" in out, err
+        for display_listener in displays:  # nothing reached the other client's display
+            display_listener.settimeout(0.5)
+            with pytest.raises(socket.timeout):
+                display_listener.accept()
+        plain = relay.ssh(host, 'echo "display=$DISPLAY"')
+        assert plain.stdout == b"display=\n", plain.stderr
+    finally:
+        for session in sessions:
+            if session.poll() is None:
+                stop(session)
+        for display_listener in displays:
+            display_listener.close()
 
 
 def test_environment_exit_status_and_exit_signal(relay, job):

@@ -42,7 +42,8 @@ class Harness:
         self.idle = []
         self.relay = r.Relay(self.want_leg, self.idle.append, max_sessions=max_sessions)
 
-    def want_leg(self):
+    def want_leg(self, owner):
+        assert owner is None  # owned legs: see OwnerHarness
         self.legs_wanted += 1
 
 
@@ -55,17 +56,29 @@ def setup():
     return relay, upstream
 
 
-def open_session(relay, upstream, client, client_id, server_id):
-    relay.from_client(client, r.CHANNEL_OPEN, s(b"session") + u32(client_id) + u32(2 << 20) + u32(32768))
+def session_open(relay, client, client_id, window=2 << 20):
+    """The client opens a session, which the relay confirms itself as sshd does: its relay id."""
+    relay.from_client(client, r.CHANNEL_OPEN, s(b"session") + u32(client_id) + u32(window) + u32(32768))
+    num, payload = client.link.sent.pop()
+    assert num == r.CHANNEL_OPEN_CONFIRMATION and payload[:4] == u32(client_id)
+    assert payload[8:] == u32(0) + u32(32768)  # no window until the session starts
+    return struct.unpack(">L", payload[4:8])[0]
+
+
+def request(relay, client, relay_id, name, want_reply=False, data=b""):
+    relay.from_client(client, r.CHANNEL_REQUEST, u32(relay_id) + s(name) + bytes([want_reply]) + data)
+
+
+def open_session(relay, upstream, client, client_id, server_id, leg=None):
+    """A session started with a shell, opened at the job on `leg` (the first one by default)."""
+    relay_id = session_open(relay, client, client_id)
+    request(relay, client, relay_id, b"shell")
     num, payload = upstream.pop()
-    assert num == r.CHANNEL_OPEN
-    relay_id = struct.unpack(">L", payload[11:15])[0]
-    assert payload[15:] == u32(2 << 20) + u32(32768)  # window and packet size untouched
-    relay.from_leg(relay.leg, r.CHANNEL_OPEN_CONFIRMATION, u32(relay_id) + u32(server_id) + u32(1 << 20) + u32(16384))
-    assert client.link.sent.pop() == (
-        r.CHANNEL_OPEN_CONFIRMATION,
-        u32(client_id) + u32(relay_id) + u32(1 << 20) + u32(16384),
-    )
+    assert (num, payload) == (r.CHANNEL_OPEN, s(b"session") + u32(relay_id) + u32(2 << 20) + u32(32768))
+    relay.from_leg(leg or relay.leg, r.CHANNEL_OPEN_CONFIRMATION,
+                   u32(relay_id) + u32(server_id) + u32(1 << 20) + u32(16384))
+    assert upstream.pop() == (r.CHANNEL_REQUEST, u32(server_id) + s(b"shell") + b"\0")
+    assert client.link.sent.pop() == (r.CHANNEL_WINDOW_ADJUST, u32(client_id) + u32(1 << 20))
     return relay_id
 
 
@@ -125,8 +138,9 @@ def test_detached_client_closes_its_channels_upstream(setup):
 def test_open_pending_when_client_leaves_is_closed_on_confirmation(setup):
     relay, upstream = setup
     a = relay.attach(Link())
-    relay.from_client(a, r.CHANNEL_OPEN, s(b"session") + u32(0) + u32(1000) + u32(1000))
-    rid = struct.unpack(">L", upstream[-1][1][11:15])[0]
+    rid = session_open(relay, a, 0, window=1000)
+    request(relay, a, rid, b"exec", data=s(b"true"))
+    assert upstream[-1][0] == r.CHANNEL_OPEN
     relay.detach(a)
     relay.from_leg(relay.leg, r.CHANNEL_OPEN_CONFIRMATION, u32(rid) + u32(5) + u32(1000) + u32(1000))
     assert upstream[-1] == (r.CHANNEL_CLOSE, u32(5))
@@ -159,6 +173,7 @@ def test_no_more_sessions_applies_to_that_client_only(setup):
     relay.from_client(a, r.GLOBAL_REQUEST, s(b"no-more-sessions@openssh.com") + b"\0")
     relay.from_client(a, r.CHANNEL_OPEN, s(b"session") + u32(4) + u32(1) + u32(1))
     assert a.link.sent[-1][0] == r.CHANNEL_OPEN_FAILURE and upstream == []
+    assert relay.channels == 0
     open_session(relay, upstream, b, 0, 1)
 
 
@@ -209,7 +224,7 @@ def test_sessions_beyond_max_sessions_wait_for_another_leg():
     relay.add_leg(LegLink(first))
     client = relay.attach(Link())
     for i in range(3):
-        relay.from_client(client, r.CHANNEL_OPEN, s(b"session") + u32(i) + u32(100) + u32(100))
+        request(relay, client, session_open(relay, client, i, window=100), b"shell")
     assert len(first) == 2 and harness.legs_wanted == 1
     relay.from_client(client, r.CHANNEL_OPEN, s(b"direct-tcpip") + u32(9) + u32(100) + u32(100) + s(b"h") + u32(1)
                       + s(b"o") + u32(2))
@@ -219,7 +234,8 @@ def test_sessions_beyond_max_sessions_wait_for_another_leg():
     assert len(second) == 1 and second[0][1].startswith(s(b"session"))
     rid = struct.unpack(">L", second[0][1][11:15])[0]
     relay.from_leg(leg2, r.CHANNEL_OPEN_CONFIRMATION, u32(rid) + u32(0) + u32(100) + u32(100))
-    assert client.link.sent[-1] == (r.CHANNEL_OPEN_CONFIRMATION, u32(2) + u32(rid) + u32(100) + u32(100))
+    assert client.link.sent[-1] == (r.CHANNEL_WINDOW_ADJUST, u32(2) + u32(100))
+    assert second[-1] == (r.CHANNEL_REQUEST, u32(0) + s(b"shell") + b"\0")
     with pytest.raises(r.ProtocolViolation):  # a leg may only speak for its own channels
         relay.from_leg(relay.legs[0], r.CHANNEL_DATA, u32(rid) + s(b"x"))
     relay.from_client(client, r.CHANNEL_CLOSE, u32(rid))
@@ -232,11 +248,16 @@ def test_waiting_sessions_fail_when_no_leg_can_be_made():
     relay = harness.relay
     relay.add_leg(LegLink([]))
     client = relay.attach(Link())
-    relay.from_client(client, r.CHANNEL_OPEN, s(b"session") + u32(0) + u32(100) + u32(100))
-    relay.from_client(client, r.CHANNEL_OPEN, s(b"session") + u32(1) + u32(100) + u32(100))
+    request(relay, client, session_open(relay, client, 0, window=100), b"shell")
+    rid = session_open(relay, client, 1, window=100)
+    request(relay, client, rid, b"pty-req", data=s(b"xterm") + u32(80) + u32(24) + u32(0) + u32(0) + s(b""))
+    request(relay, client, rid, b"shell", want_reply=True)
     relay.leg_failed("job 1.0: too many negotiations")
-    num, payload = client.link.sent[-1]
-    assert num == r.CHANNEL_OPEN_FAILURE and payload.startswith(u32(1)) and b"too many negotiations" in payload
+    note = b"condor-relay: job 1.0: too many negotiations\r\n"  # the pty is in raw mode
+    assert client.link.sent[-3:] == [(r.CHANNEL_FAILURE, u32(1)), (r.CHANNEL_EXTENDED_DATA, u32(1) + u32(1) + s(note)),
+                                     (r.CHANNEL_CLOSE, u32(1))]
+    relay.from_client(client, r.CHANNEL_WINDOW_ADJUST, u32(rid) + u32(100))  # sent before it saw the close
+    relay.from_client(client, r.CHANNEL_CLOSE, u32(rid))
     assert relay.channels == 1
 
 
@@ -255,13 +276,13 @@ def test_a_session_refused_beside_others_moves_to_another_leg():
     relay.leg = leg1 = relay.add_leg(LegLink(first))
     client = relay.attach(Link())
     open_session(relay, first, client, 0, 10)
-    relay.from_client(client, r.CHANNEL_OPEN, s(b"session") + u32(1) + u32(100) + u32(100))
-    rid = struct.unpack(">L", first[-1][1][11:15])[0]
+    rid = session_open(relay, client, 1, window=100)
+    request(relay, client, rid, b"shell")
     relay.from_leg(leg1, r.CHANNEL_OPEN_FAILURE, u32(rid) + u32(2) + s(b"open failed") + s(b""))
     assert harness.legs_wanted == 1 and leg1.capacity == 1  # the job's sshd allows 1 here
     second = []
     relay.add_leg(LegLink(second))
-    assert second[-1] == (r.CHANNEL_OPEN, s(b"session") + u32(rid) + u32(100) + u32(100))
+    assert second[-1] == (r.CHANNEL_OPEN, s(b"session") + u32(rid) + u32(100) + u32(32768))
 
 
 def test_a_burst_of_sessions_negotiates_legs_side_by_side():
@@ -270,18 +291,19 @@ def test_a_burst_of_sessions_negotiates_legs_side_by_side():
     relay.add_leg(LegLink([]))
     client = relay.attach(Link())
     for i in range(2 + 5):
-        relay.from_client(client, r.CHANNEL_OPEN, s(b"session") + u32(i) + u32(100) + u32(100))
+        request(relay, client, session_open(relay, client, i, window=100), b"shell")
     assert harness.legs_wanted == 3  # 5 waiting opens fill three more legs, asked for at once
     relay.leg_failed("the starter refused")  # the two legs still coming take four of them
-    refused = [p for n, p in client.link.sent if n == r.CHANNEL_OPEN_FAILURE]
+    refused = [p for n, p in client.link.sent if n == r.CHANNEL_CLOSE]
     assert [p[:4] for p in refused] == [u32(6)]  # the most recent one
+    relay.from_client(client, r.CHANNEL_CLOSE, u32(6))
     for _ in range(2):
         sent = []
         relay.add_leg(LegLink(sent))
         assert len(sent) == 2
     assert harness.legs_wanted == 3 and relay.channels == 6
     for i in range(20):
-        relay.from_client(client, r.CHANNEL_OPEN, s(b"session") + u32(100 + i) + u32(100) + u32(100))
+        request(relay, client, session_open(relay, client, 100 + i, window=100), b"shell")
     assert harness.legs_wanted == 3 + r.MAX_LEGS_IN_NEGOTIATION
 
 
@@ -295,3 +317,249 @@ def test_shutdown_leaves_a_session_with_a_full_window_to_the_disconnect_message(
     relay.shutdown("connection to job 1.0 lost")
     assert client.link.sent[-1][0] == r.CHANNEL_DATA  # no note (no room for it), no close
     assert client.link.disconnected == "connection to job 1.0 lost" and client.link.closing == 0
+
+
+# -- agent and X11 forwarding: a leg of the client's own ------------------------------------
+
+
+class OwnerHarness:
+    """A relay with a shared first leg that records which legs it asks for, by owner."""
+
+    def __init__(self):
+        self.wanted = []
+        self.idle = []
+        self.relay = r.Relay(self.wanted.append, self.idle.append)
+        self.shared = []
+        self.relay.leg = self.relay.add_leg(LegLink(self.shared))
+
+    def owned_leg(self, owner):
+        """Answer the need_leg call for `owner`; the new leg and what it was sent."""
+        self.wanted.remove(owner)
+        sent = []
+        return self.relay.add_leg(LegLink(sent), owner), sent
+
+
+AGENT = b"auth-agent-req@openssh.com"
+X11 = b"\0" + s(b"MIT-MAGIC-COOKIE-1") + s(b"00" * 16) + u32(0)
+
+
+def forwarding_session(harness, client, client_id, server_id, name=AGENT, data=b"", want_reply=False):
+    """What `ssh -A job` (or -X) does: a session asking to forward, then a shell, on its own leg."""
+    rid = session_open(harness.relay, client, client_id)
+    request(harness.relay, client, rid, name, want_reply=want_reply, data=data)
+    assert harness.wanted[-1] is client and harness.shared == []
+    request(harness.relay, client, rid, b"shell")
+    leg, sent = harness.owned_leg(client)
+    assert leg.owner is client and sent[0][0] == r.CHANNEL_OPEN
+    harness.relay.from_leg(leg, r.CHANNEL_OPEN_CONFIRMATION, u32(rid) + u32(server_id) + u32(0) + u32(32768))
+    assert sent[1:] == [(r.CHANNEL_REQUEST, u32(server_id) + s(name) + bytes([want_reply]) + data),
+                        (r.CHANNEL_REQUEST, u32(server_id) + s(b"shell") + b"\0")]
+    return rid, leg, sent
+
+
+def test_two_clients_forwarding_their_agents_get_a_leg_each_and_only_their_own_agent():
+    harness = OwnerHarness()
+    relay = harness.relay
+    a, b = relay.attach(Link()), relay.attach(Link())
+    _, leg_a, sent_a = forwarding_session(harness, a, 0, 100)
+    _, leg_b, sent_b = forwarding_session(harness, b, 0, 200)
+    assert leg_a is not leg_b and len(relay.legs) == 3
+    # the job's processes in each session reach their own client's agent, whoever asked last
+    for leg, sent, owner, other in ((leg_a, sent_a, a, b), (leg_b, sent_b, b, a)):
+        before = len(other.link.sent)
+        relay.from_leg(leg, r.CHANNEL_OPEN, s(b"auth-agent@openssh.com") + u32(7) + u32(4096) + u32(1024))
+        num, payload = owner.link.sent[-1]
+        assert num == r.CHANNEL_OPEN and payload.startswith(s(b"auth-agent@openssh.com"))
+        assert len(other.link.sent) == before
+
+
+def test_x11_channels_go_to_the_owner_of_the_leg_only():
+    harness = OwnerHarness()
+    relay = harness.relay
+    a, plain = relay.attach(Link()), relay.attach(Link())
+    open_session(relay, harness.shared, plain, 0, 1)
+    _, leg, sent = forwarding_session(harness, a, 0, 100, name=b"x11-req", data=X11, want_reply=True)
+    relay.from_leg(leg, r.CHANNEL_OPEN, s(b"x11") + u32(8) + u32(4096) + u32(1024) + s(b"127.0.0.1") + u32(40000))
+    assert a.link.sent[-1][0] == r.CHANNEL_OPEN and plain.link.sent == []
+    # on the shared leg nobody forwards X11: such a channel is refused
+    relay.from_leg(relay.leg, r.CHANNEL_OPEN, s(b"x11") + u32(9) + u32(4096) + u32(1024) + s(b"127.0.0.1") + u32(1))
+    assert harness.shared[-1][0] == r.CHANNEL_OPEN_FAILURE and plain.link.sent == []
+
+
+def test_a_plain_session_never_goes_on_an_owned_leg():
+    harness = OwnerHarness()
+    relay = harness.relay
+    a, plain = relay.attach(Link()), relay.attach(Link())
+    _, leg, sent = forwarding_session(harness, a, 0, 100)
+    for i in range(3):  # neither another client's nor the owner's own plain sessions
+        for client in (plain, a):
+            open_session(relay, harness.shared, client, 10 + i, 20 + i)
+    assert leg.sessions == 1 and len(sent) == 3
+    # global requests stay on the shared leg too
+    relay.from_client(a, r.GLOBAL_REQUEST, s(b"tcpip-forward") + b"\1" + s(b"localhost") + u32(0))
+    assert harness.shared[-1][0] == r.GLOBAL_REQUEST and len(sent) == 3
+
+
+def test_an_owners_second_forwarding_session_reuses_its_leg():
+    harness = OwnerHarness()
+    relay = harness.relay
+    a = relay.attach(Link())
+    _, leg, sent = forwarding_session(harness, a, 0, 100)
+    rid = session_open(relay, a, 1)
+    request(relay, a, rid, AGENT)
+    assert harness.wanted == [] and sent[-1] == (r.CHANNEL_OPEN, s(b"session") + u32(rid) + u32(2 << 20) + u32(32768))
+
+
+def test_the_owner_leaving_closes_its_leg_and_a_finished_session_too():
+    harness = OwnerHarness()
+    relay = harness.relay
+    a, b = relay.attach(Link()), relay.attach(Link())
+    _, leg_a, sent_a = forwarding_session(harness, a, 0, 100)
+    relay.from_leg(leg_a, r.CHANNEL_OPEN, s(b"auth-agent@openssh.com") + u32(7) + u32(4096) + u32(1024))
+    relay.detach(a)
+    assert harness.idle == [leg_a] and leg_a not in relay.legs
+    assert len(sent_a) == 3  # nothing more is said on it: it is closed
+    # b's leg goes once its session (and the agent channel in it) have closed
+    rid, leg_b, _ = forwarding_session(harness, b, 0, 200)
+    relay.from_leg(leg_b, r.CHANNEL_OPEN, s(b"auth-agent@openssh.com") + u32(8) + u32(4096) + u32(1024))
+    agent_rid = struct.unpack(">L", b.link.sent[-1][1][26:30])[0]
+    relay.from_client(b, r.CHANNEL_OPEN_CONFIRMATION, u32(agent_rid) + u32(5) + u32(4096) + u32(1024))
+    for relay_id in (rid, agent_rid):
+        relay.from_leg(leg_b, r.CHANNEL_CLOSE, u32(relay_id))
+        relay.from_client(b, r.CHANNEL_CLOSE, u32(relay_id))
+        assert (leg_b in relay.legs) == (relay_id == rid)
+    assert harness.idle == [leg_a, leg_b] and relay.legs == [relay.leg]
+
+
+def test_a_leg_for_an_owner_who_left_is_not_taken():
+    harness = OwnerHarness()
+    relay = harness.relay
+    a = relay.attach(Link())
+    rid = session_open(relay, a, 0)
+    request(relay, a, rid, AGENT)
+    relay.detach(a)
+    leg, sent = harness.owned_leg(a)
+    assert leg is None and sent == [] and relay.legs == [relay.leg]
+
+
+def test_requests_are_replayed_in_order_and_their_replies_reach_the_client():
+    harness = OwnerHarness()
+    relay = harness.relay
+    a = relay.attach(Link())
+    rid = session_open(relay, a, 3)
+    pty = s(b"xterm") + u32(80) + u32(24) + u32(0) + u32(0) + s(b"\x81" + u32(38400) + b"\0")
+    held = [(b"x11-req", True, X11), (AGENT, False, b""), (b"pty-req", True, pty),
+            (b"env", False, s(b"LANG") + s(b"C")), (b"exec", True, s(b"xterm"))]
+    for name, want_reply, data in held:
+        request(relay, a, rid, name, want_reply, data)
+    relay.from_client(a, r.CHANNEL_EOF, u32(rid))  # ssh -n: EOF may come before the job confirms
+    leg, sent = harness.owned_leg(a)
+    assert a.link.sent == [] and len(sent) == 1
+    relay.from_leg(leg, r.CHANNEL_OPEN_CONFIRMATION, u32(rid) + u32(42) + u32(0) + u32(32768))
+    assert sent[1:] == [(r.CHANNEL_REQUEST, u32(42) + s(n) + bytes([w]) + d) for n, w, d in held] + [
+        (r.CHANNEL_EOF, u32(42))]
+    assert a.link.sent == []  # the job's confirmation is consumed; its window was 0
+    for reply in (r.CHANNEL_SUCCESS, r.CHANNEL_FAILURE, r.CHANNEL_SUCCESS):
+        relay.from_leg(leg, reply, u32(rid))
+    relay.from_leg(leg, r.CHANNEL_WINDOW_ADJUST, u32(rid) + u32(2 << 20))  # sshd starts the session
+    assert a.link.sent == [(r.CHANNEL_SUCCESS, u32(3)), (r.CHANNEL_FAILURE, u32(3)), (r.CHANNEL_SUCCESS, u32(3)),
+                           (r.CHANNEL_WINDOW_ADJUST, u32(3) + u32(2 << 20))]
+
+
+def test_a_refused_open_fails_the_awaited_requests_and_says_why():
+    harness = OwnerHarness()
+    relay = harness.relay
+    a = relay.attach(Link())
+    rid = session_open(relay, a, 3)
+    request(relay, a, rid, b"x11-req", True, X11)
+    request(relay, a, rid, b"env", False, s(b"LANG") + s(b"C"))
+    request(relay, a, rid, b"shell", True)
+    leg, sent = harness.owned_leg(a)
+    relay.from_leg(leg, r.CHANNEL_OPEN_FAILURE, u32(rid) + u32(2) + s(b"open failed") + s(b""))
+    note = b"condor-relay: the job refused the session: open failed\n"
+    assert a.link.sent == [(r.CHANNEL_FAILURE, u32(3)), (r.CHANNEL_FAILURE, u32(3)),
+                           (r.CHANNEL_EXTENDED_DATA, u32(3) + u32(1) + s(note)), (r.CHANNEL_CLOSE, u32(3))]
+    assert harness.idle == [leg] and relay.legs == [relay.leg]  # the owned leg has nothing left
+    relay.from_client(a, r.CHANNEL_CLOSE, u32(rid))
+    assert relay.channels == 0
+
+
+def test_a_failed_owned_leg_says_why():
+    harness = OwnerHarness()
+    relay = harness.relay
+    a = relay.attach(Link())
+    rid = session_open(relay, a, 0)
+    request(relay, a, rid, AGENT)
+    request(relay, a, rid, b"exec", True, s(b"ssh-add -l"))
+    harness.wanted.remove(a)
+    relay.leg_failed("job 1.0: too many negotiations", a)
+    assert a.link.sent[0] == (r.CHANNEL_FAILURE, u32(0))
+    assert b"could not connect for agent or X11 forwarding: job 1.0: too many negotiations" in a.link.sent[1][1]
+    assert a.link.sent[2] == (r.CHANNEL_CLOSE, u32(0))
+
+
+def test_forwarding_asked_for_after_the_leg_was_picked_is_refused_by_the_job():
+    harness = OwnerHarness()
+    relay = harness.relay
+    a = relay.attach(Link())
+    rid = session_open(relay, a, 0)
+    request(relay, a, rid, b"pty-req", True, s(b"xterm") + u32(80) + u32(24) + u32(0) + u32(0) + s(b""))
+    request(relay, a, rid, AGENT, True)  # asyncssh awaits its pty before asking to forward
+    assert harness.wanted == [] and harness.shared[-1][0] == r.CHANNEL_OPEN
+    relay.from_leg(relay.leg, r.CHANNEL_OPEN_CONFIRMATION, u32(rid) + u32(5) + u32(0) + u32(32768))
+    assert harness.shared[-1] == (r.CHANNEL_REQUEST, u32(5) + s(b"forwarding-refused@condor-relay") + b"\1")
+    request(relay, a, rid, b"x11-req", False, X11)  # after the job confirmed: the same
+    assert harness.shared[-1] == (r.CHANNEL_REQUEST, u32(5) + s(b"forwarding-refused@condor-relay") + b"\0")
+
+
+def test_a_session_closed_before_it_started_never_reaches_the_job():
+    harness = OwnerHarness()
+    relay = harness.relay
+    a = relay.attach(Link())
+    rid = session_open(relay, a, 0)
+    request(relay, a, rid, b"env", False, s(b"A") + s(b"b"))
+    relay.from_client(a, r.CHANNEL_CLOSE, u32(rid))
+    assert a.link.sent == [(r.CHANNEL_CLOSE, u32(0))] and harness.shared == [] and relay.channels == 0
+
+
+def test_held_messages_are_bounded():
+    harness = OwnerHarness()
+    relay = harness.relay
+    a = relay.attach(Link())
+    rid = session_open(relay, a, 0)
+    for i in range(r.MAX_HELD_MESSAGES // 2):
+        request(relay, a, rid, b"env", False, s(b"V%d" % i) + s(b"x"))
+    assert harness.shared[-1][0] == r.CHANNEL_OPEN  # half the bound picks the leg
+    with pytest.raises(r.ProtocolViolation):
+        for i in range(r.MAX_HELD_MESSAGES // 2 + 1):
+            request(relay, a, rid, b"env", False, s(b"W%d" % i) + s(b"x"))
+    with pytest.raises(r.ProtocolViolation):  # data: its window is 0 until the session starts
+        relay.from_client(a, r.CHANNEL_DATA, u32(session_open(relay, a, 1)) + s(b"x"))
+
+
+def test_a_close_before_the_job_confirmed_follows_the_held_requests():
+    harness = OwnerHarness()
+    relay = harness.relay
+    a = relay.attach(Link())
+    rid = session_open(relay, a, 0)
+    request(relay, a, rid, b"exec", True, s(b"sleep 9"))
+    relay.from_client(a, r.CHANNEL_CLOSE, u32(rid))  # ssh interrupted at once
+    relay.from_leg(relay.leg, r.CHANNEL_OPEN_CONFIRMATION, u32(rid) + u32(6) + u32(0) + u32(32768))
+    assert harness.shared[1:] == [(r.CHANNEL_REQUEST, u32(6) + s(b"exec") + b"\1" + s(b"sleep 9")),
+                                  (r.CHANNEL_CLOSE, u32(6))]
+    relay.from_leg(relay.leg, r.CHANNEL_SUCCESS, u32(rid))
+    relay.from_leg(relay.leg, r.CHANNEL_CLOSE, u32(rid))
+    assert a.link.sent == [(r.CHANNEL_SUCCESS, u32(0)), (r.CHANNEL_CLOSE, u32(0))] and relay.channels == 0
+
+
+def test_a_lost_owned_leg_ends_a_session_it_had_not_confirmed_with_the_reason():
+    harness = OwnerHarness()
+    relay = harness.relay
+    a = relay.attach(Link())
+    rid = session_open(relay, a, 0)
+    request(relay, a, rid, AGENT)
+    request(relay, a, rid, b"exec", True, s(b"true"))
+    leg, _ = harness.owned_leg(a)
+    relay.remove_leg(leg)
+    assert a.link.sent[0] == (r.CHANNEL_FAILURE, u32(0)) and a.link.sent[-1] == (r.CHANNEL_CLOSE, u32(0))
+    assert b"connection to the job lost" in a.link.sent[1][1] and relay.legs == [relay.leg]
