@@ -43,8 +43,8 @@ def test_runtime_dir_under_another_users_directory_falls_back_to_the_state_dir(h
     home.env["XDG_RUNTIME_DIR"] = str(xdg)
     relay = Relay(FallbackHome(home.root, home.env), pool)
     relay.configure()
-    relay.start()
     try:
+        relay.start()
         wanted = xdg / "condor-relay"
         fallback = relay.home.socket
         assert f"runtime directory: {wanted} is not safe ({shared} belongs to uid {NOBODY}); using {fallback.parent} " \
@@ -142,8 +142,8 @@ def test_the_helper_sends_nothing_to_a_listener_of_another_uid(tmp_path):
                                 stdout=subprocess.PIPE, text=True)
     try:
         assert listener.stdout.readline() == "listening\n"
-        done = subprocess.run([str(VENV_BIN / "condor-relay-connect"), "--socket", str(tmp_path / "relay.sock"),
-                               "job-1.0.condor", "22"], capture_output=True, text=True, timeout=30)
+        done = subprocess.run([str(VENV_BIN / "condor-relay-connect"), "--no-start", "--socket",
+                               str(tmp_path / "relay.sock"), "job-1.0.condor", "22"], capture_output=True, text=True, timeout=30)
         received = listener.communicate(timeout=30)[0]
     finally:
         listener.kill()
@@ -208,8 +208,8 @@ def test_negotiation_ends_at_its_timeout_whatever_a_detached_child_holds(home, p
     negotiator.chmod(0o755)
     relay = Relay(home, pool)
     relay.configure(condor_ssh_to_job=str(negotiator), negotiation_timeout=2)
-    relay.start()
     try:
+        relay.start()
         host = relay.running_job()
         started = time.monotonic()
         done = relay.ssh(host, "true", timeout=30)
@@ -239,8 +239,8 @@ HOSTILE_REASON = "\x1b]0;owned\x07disk\x1b[2J quota\rexceeded\x9b31m\nsee\tadmin
 def test_control_characters_in_a_hold_reason_do_not_reach_the_terminal(home, pool, lookup):
     relay = Relay(home, pool)
     relay.configure(job_lookup=lookup)
-    relay.start()
     try:
+        relay.start()
         host = relay.running_job()
         subprocess.run([sys.executable, "-m", "relayd.sandbox", "set", str(pool), host[4:-7], "--status", "held",
                         "--hold-reason", HOSTILE_REASON], check=True, env=home.env)
