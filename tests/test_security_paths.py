@@ -17,7 +17,6 @@ from conftest import RELAYD, VENV_BIN, Home, Relay, assert_fails, wait_for
 from opshelpers import alive, daemon_log
 
 from relayd.capture_hook import PID_ENV, SOCKET_ENV, TOKEN_ENV
-from relayd.sandbox import pool as sandbox
 from relayd.sandbox import session, sshcmd
 from relayd.sandbox.starter import SSH_KEYGEN
 
@@ -63,9 +62,9 @@ def test_runtime_dir_under_another_users_directory_falls_back_to_the_state_dir(h
         relay.stop()
 
 
-def run_hook(tmp_path: Path, daemon_pid: int, listener: subprocess.Popen | socket.socket) -> subprocess.CompletedProcess:
-    """The capture hook, run as condor_ssh_to_job runs it, with the daemon socket at
-    tmp_path/relay.sock served by `listener` and `daemon_pid` as the daemon's pid."""
+def run_hook(tmp_path: Path, daemon_pid: int) -> subprocess.CompletedProcess:
+    """The capture hook, run as condor_ssh_to_job runs it, against whatever listens at
+    tmp_path/relay.sock, told that the daemon's pid is `daemon_pid`."""
     session_dir = tmp_path / "user.condor_ssh_to_job_1"
     session_dir.mkdir(mode=0o700)
     keygen = tmp_path / "generated"
@@ -96,7 +95,7 @@ def test_capture_hook_sends_nothing_to_a_listener_of_another_pid(tmp_path):
     listener.listen()
     listener.settimeout(30)
     with listener:
-        done = run_hook(tmp_path, os.getppid(), listener)  # the "daemon" that started it is not this listener
+        done = run_hook(tmp_path, os.getppid())  # the "daemon" that started it is not this listener
         with listener.accept()[0] as conn:
             conn.settimeout(10)
             received = conn.recv(65536)
@@ -126,7 +125,7 @@ def test_capture_hook_sends_nothing_to_a_listener_of_another_uid(tmp_path):
                                 stdout=subprocess.PIPE, text=True)
     try:
         assert listener.stdout.readline() == "listening\n"
-        done = run_hook(tmp_path, listener.pid, listener)
+        done = run_hook(tmp_path, listener.pid)
         received = listener.communicate(timeout=30)[0]
     finally:
         listener.kill()
@@ -143,7 +142,8 @@ def test_the_helper_sends_nothing_to_a_listener_of_another_uid(tmp_path):
     try:
         assert listener.stdout.readline() == "listening\n"
         done = subprocess.run([str(VENV_BIN / "condor-relay-connect"), "--no-start", "--socket",
-                               str(tmp_path / "relay.sock"), "job-1.0.condor", "22"], capture_output=True, text=True, timeout=30)
+                               str(tmp_path / "relay.sock"), "job-1.0.condor", "22"],
+                              capture_output=True, text=True, timeout=30)
         received = listener.communicate(timeout=30)[0]
     finally:
         listener.kill()
