@@ -6,8 +6,8 @@ starts `relayd run --on-demand`, which exits again when idle (relayd.idle).
 Race-free: the helper takes an exclusive flock on the start lock in the runtime dir,
 tries the socket again, and only then starts a daemon and waits for it to listen.
 Concurrent helpers queue on the lock and find the daemon the first one started; a daemon
-exiting idle holds the same lock until it is gone. The lock and the start output are
-opened with O_NOFOLLOW: neither follows a symlink someone put in their place. Stdlib
+exiting idle holds the same lock until it is gone. The lock is opened with O_NOFOLLOW and
+the start output created anew: neither follows a symlink put in their place. Stdlib
 only, and _socket rather than socket, as clientconf.connect says.
 """
 

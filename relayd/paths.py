@@ -42,7 +42,7 @@ def unsafe_dir(directory: str) -> str | None:
     """
     uid = os.getuid()
     parent, name = os.path.split(directory)
-    chain = [*_ancestors(os.path.realpath(parent)), os.path.join(os.path.realpath(parent), name)]
+    chain = _ancestors(os.path.join(os.path.realpath(parent), name))
     infos = []
     for path in chain:
         try:
@@ -65,7 +65,7 @@ def unsafe_dir(directory: str) -> str | None:
 
 
 def _ancestors(path: str) -> list[str]:
-    """/, /a, /a/b for /a/b."""
+    """/, /a and /a/b for /a/b."""
     found = [path]
     while (up := os.path.dirname(found[-1])) != found[-1]:
         found.append(up)
@@ -170,7 +170,8 @@ def private_dir(path: Path) -> int | None:
     except OSError as exc:
         raise UnusablePath(f"cannot create the directory {path}: {exc.strerror}") from None
     if not stat.S_ISDIR(info.st_mode):
-        raise UnusablePath(f"{path} is not a directory (a symlink?); remove it and try again")
+        what = "a symlink" if stat.S_ISLNK(info.st_mode) else "not a directory"
+        raise UnusablePath(f"{path} is {what}; remove it and try again")
     if info.st_uid != os.getuid():
         raise UnusablePath(f"{path} belongs to uid {info.st_uid}, not to this user (uid {os.getuid()})")
     mode = info.st_mode & 0o777
