@@ -6,8 +6,9 @@ starts `relayd run --on-demand`, which exits again when idle (relayd.idle).
 Race-free: the helper takes an exclusive flock on the start lock in the runtime dir,
 tries the socket again, and only then starts a daemon and waits for it to listen.
 Concurrent helpers queue on the lock and find the daemon the first one started; a daemon
-exiting idle holds the same lock until it is gone. Stdlib only, and _socket rather than
-socket, as clientconf.connect says.
+exiting idle holds the same lock until it is gone. The lock is opened with O_NOFOLLOW and
+the start output created anew: neither follows a symlink put in their place. Stdlib
+only, and _socket rather than socket, as clientconf.connect says.
 """
 
 from __future__ import annotations
@@ -19,32 +20,48 @@ import sys
 import time
 
 from clientconf.progress import ProgressDisplay
-from relayd.paths import default_paths, private_dir
+from relayd.paths import UnusablePath, default_paths, private_dir, unsafe_dir
+from relayd.peercred import peer_credentials
 
 START_TIMEOUT_SECONDS = 30.0
 POLL_SECONDS = 0.05
 
 
 class StartFailed(Exception):
-    """The daemon could not be started; the message says why (its own output included)."""
+    """The daemon could not be reached or started; the message says why (its own output included)."""
 
 
 def try_connect(socket_path: str) -> _socket.socket | None:
-    """A connection to the daemon, or None when nothing listens there."""
+    """A connection to the daemon, or None when nothing listens there.
+
+    Raises StartFailed when the listener is not this user's (checked before anything is sent).
+    """
     sock = _socket.socket(_socket.AF_UNIX, _socket.SOCK_STREAM)
     try:
         sock.connect(socket_path)
+        uid = peer_credentials(sock)[1]
     except (FileNotFoundError, ConnectionRefusedError):
         sock.close()
         return None
     except OSError:
         sock.close()
         raise
+    if uid != os.getuid():
+        sock.close()
+        raise StartFailed(f"{socket_path} is served by uid {uid}, not by you (uid {os.getuid()}); nothing sent")
     return sock
 
 
+def _open(path: str, flags: int) -> int:
+    """os.open that refuses a symlink (O_NOFOLLOW), as StartFailed."""
+    try:
+        return os.open(path, flags | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600)
+    except OSError as exc:
+        raise StartFailed(f"cannot open {path}: {exc.strerror}") from None
+
+
 def _lock(path: str, display: ProgressDisplay, deadline: float) -> int:
-    fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
+    fd = _open(path, os.O_RDWR | os.O_CREAT)
     while True:
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
@@ -59,10 +76,21 @@ def _lock(path: str, display: ProgressDisplay, deadline: float) -> int:
 
 def _output(path: str) -> str:
     try:
-        with open(path, errors="replace") as out:
+        with open(_open(path, os.O_RDONLY), errors="replace") as out:
             return " ".join(line.strip() for line in out if line.strip())
-    except OSError:
+    except StartFailed:
         return ""
+
+
+def _fresh(path: str) -> int:
+    """`path` created anew for writing: whatever was there (a symlink too) is removed, not followed."""
+    try:
+        os.unlink(path)
+    except FileNotFoundError:
+        pass
+    except OSError as exc:
+        raise StartFailed(f"cannot replace {path}: {exc.strerror}") from None
+    return _open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL)
 
 
 def start_daemon(socket_path: str, display: ProgressDisplay) -> _socket.socket:
@@ -70,7 +98,14 @@ def start_daemon(socket_path: str, display: ProgressDisplay) -> _socket.socket:
     import subprocess  # noqa: PLC0415 (not needed on the helper's fast path)
 
     paths = default_paths().with_socket(socket_path)
-    private_dir(paths.runtime_dir)
+    why = unsafe_dir(str(paths.runtime_dir))  # a socket named in an ssh config from before the rule
+    if why is not None:
+        raise StartFailed(f"not starting relayd: {paths.runtime_dir} is not safe ({why}); "
+                          "run `relayd ssh-config install` again")
+    try:
+        private_dir(paths.runtime_dir)
+    except UnusablePath as exc:
+        raise StartFailed(str(exc)) from None
     deadline = time.monotonic() + START_TIMEOUT_SECONDS
     lock = _lock(str(paths.start_lock), display, deadline)
     try:
@@ -78,7 +113,7 @@ def start_daemon(socket_path: str, display: ProgressDisplay) -> _socket.socket:
         if sock is not None:
             return sock  # another helper started it while we waited for the lock
         display.step("starting relayd")
-        out = os.open(paths.start_output, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o600)
+        out = _fresh(str(paths.start_output))  # under the lock: no other helper writes it now
         try:
             process = subprocess.Popen(
                 [sys.executable, "-m", "relayd", "run", "--on-demand", "--socket", socket_path],

@@ -7,7 +7,10 @@ tool's `fdpass` socket, and hands all of it to the daemon over its unix socket
 (SCM_RIGHTS). It exits 0 once the daemon has confirmed; condor_ssh_to_job then removes
 its session directory, so the keys exist only in the daemon's memory afterwards.
 
-The daemon passes its socket path and a one-time token in the environment. Stdlib only.
+The daemon passes its socket path, its pid and a one-time token in the environment. The
+hook sends nothing unless the socket's listener is that very process of this user (an
+inherited socketpair would need condor_ssh_to_job to keep our descriptors open, which
+nothing promises). Stdlib only.
 """
 
 from __future__ import annotations
@@ -18,8 +21,11 @@ import shlex
 import socket
 import sys
 
+from relayd.peercred import peer_credentials
+
 SOCKET_ENV = "CONDOR_RELAY_CAPTURE_SOCKET"
 TOKEN_ENV = "CONDOR_RELAY_CAPTURE_TOKEN"
+PID_ENV = "CONDOR_RELAY_CAPTURE_PID"  # the daemon's, which listens on its socket
 
 
 class HookError(Exception):
@@ -70,11 +76,22 @@ def collect(args: list[str]) -> tuple[dict[str, str], int]:
     return {"user": user, "private_key": private_key, "server_key": known_host[1].strip()}, _receive_job_socket(fdpass)
 
 
-def hand_over(socket_path: str, token: str, keys: dict[str, str], job_fd: int) -> None:
-    """Send the capture to the daemon and wait for its confirmation."""
+def check_listener(sock: socket.socket, socket_path: str, daemon_pid: int) -> None:
+    """Raise HookError unless the listener is the daemon that started this negotiation."""
+    pid, uid = peer_credentials(sock)
+    if uid != os.getuid():
+        raise HookError(f"{socket_path} is served by uid {uid}, not by this user (uid {os.getuid()}); nothing sent")
+    if pid != daemon_pid:
+        raise HookError(f"{socket_path} is served by pid {pid}, not by the relayd that started this negotiation "
+                        f"(pid {daemon_pid}); nothing sent")
+
+
+def hand_over(socket_path: str, daemon_pid: int, token: str, keys: dict[str, str], job_fd: int) -> None:
+    """Send the capture to the daemon, once checked, and wait for its confirmation."""
     message = f"CAPTURE {token}\n".encode() + json.dumps(keys).encode() + b"\n"
     with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as sock:
         sock.connect(socket_path)
+        check_listener(sock, socket_path, daemon_pid)
         socket.send_fds(sock, [message], [job_fd])
         answer = sock.makefile("rb").readline().decode(errors="replace").strip()
     if answer != "OK":
@@ -83,13 +100,13 @@ def hand_over(socket_path: str, token: str, keys: dict[str, str], job_fd: int) -
 
 def main() -> int:
     try:
-        socket_path, token = os.environ[SOCKET_ENV], os.environ[TOKEN_ENV]
-    except KeyError:
+        socket_path, token, daemon_pid = os.environ[SOCKET_ENV], os.environ[TOKEN_ENV], int(os.environ[PID_ENV])
+    except (KeyError, ValueError):
         print("condor-relay-capture: run by relayd through condor_ssh_to_job only", file=sys.stderr)
         return 2
     try:
         keys, job_fd = collect(sys.argv[1:])
-        hand_over(socket_path, token, keys, job_fd)
+        hand_over(socket_path, daemon_pid, token, keys, job_fd)
     except (HookError, OSError) as exc:
         print(f"condor-relay-capture: {exc}", file=sys.stderr)
         return 1

@@ -18,7 +18,6 @@ from __future__ import annotations
 import os
 import signal
 import socket
-import struct
 import time
 from enum import Enum, auto
 from typing import TYPE_CHECKING
@@ -29,6 +28,7 @@ from twisted.python.failure import Failure
 from zope.interface import implementer
 
 from relayd import humanize
+from relayd.peercred import peer_credentials
 from relayd.protocol import (
     MAX_CAPTURE_PAYLOAD,
     MAX_REQUEST_LINE,
@@ -56,17 +56,9 @@ class UserError(Exception):
     """A failure whose message is meant for the user's terminal, as is."""
 
 
-_SOL_LOCAL, _LOCAL_PEERCRED = 0, 1  # macOS <sys/un.h>
-_XUCRED = "IIh2x16I"  # struct xucred: version, uid, ngroups, groups[16]
-
-
 def peer_uid(sock: socket.socket) -> int:
-    """The uid of the process at the other end of a unix socket (SO_PEERCRED; macOS: LOCAL_PEERCRED)."""
-    if hasattr(socket, "SO_PEERCRED"):
-        creds = sock.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED, struct.calcsize("3i"))
-        return struct.unpack("3i", creds)[1]
-    creds = sock.getsockopt(_SOL_LOCAL, _LOCAL_PEERCRED, struct.calcsize(_XUCRED))
-    return struct.unpack_from(_XUCRED, creds)[1]
+    """The uid of the process at the other end of a unix socket."""
+    return peer_credentials(sock)[1]
 
 
 class _State(Enum):

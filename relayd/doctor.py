@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import Callable, Iterator
 
 from relayd.config import Config, ConfigError, load_config
-from relayd.paths import Paths
+from relayd.paths import Paths, unsafe_dir
 
 MIN_OPENSSH = (6, 5)  # ProxyUseFdpass
 LOOKUP_TIMEOUT_SECONDS = 15.0
@@ -179,8 +179,22 @@ def _mode_finding(topic: str, path: Path, mode: int, fix: str) -> Finding | None
     return _ok(topic, f"{path} ({mode:o})")
 
 
+def check_runtime_dir(paths: Paths) -> Finding:
+    """Whether another user could replace the socket's directory, and why the fallback is used."""
+    if paths.runtime_fallback:
+        return _warn("runtime dir", paths.runtime_fallback,
+                     "point XDG_RUNTIME_DIR at a directory only you (and root) can change, e.g. /run/user/<uid>; "
+                     "run `relayd ssh-config install` again after changing it")
+    why = unsafe_dir(str(paths.runtime_dir))
+    if why is not None:
+        return _fail("runtime dir", f"{paths.runtime_dir} is not safe ({why})",
+                     "use a socket in a directory only you (and root) can change")
+    return _ok("runtime dir", f"{paths.runtime_dir}: no other user can replace it")
+
+
 def check_permissions(paths: Paths) -> Iterator[Finding]:
     restart = "relayd recreates it"
+    yield check_runtime_dir(paths)
     for topic, path, mode in (
         ("state dir", paths.state_dir, 0o700),
         ("host key", paths.host_key, 0o600),

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import stat
 from pathlib import Path
 
 from cryptography.hazmat.primitives.asymmetric import ed25519
@@ -18,10 +19,14 @@ log = Logger()
 
 def write_private(path: Path, data: bytes, what: str) -> None:
     """Write a file that only the owner can read, never readable by others even briefly,
-    and never left half-written: a failed write removes its temp file and says why."""
+    and never left half-written: a failed write removes its temp file and says why.
+
+    Nothing is followed: the temp file is created anew (O_EXCL, O_NOFOLLOW), and the
+    rename replaces whatever `path` was, a symlink too, rather than writing through it."""
     tmp = path.with_name(path.name + ".tmp")
     try:
-        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        tmp.unlink(missing_ok=True)  # left by a crash; unlink removes a symlink, not its target
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600)
         with os.fdopen(fd, "wb") as out:
             out.write(data)
             out.flush()
@@ -33,7 +38,10 @@ def write_private(path: Path, data: bytes, what: str) -> None:
 
 
 def _load(key_path: Path) -> keys.Key:
-    mode = key_path.stat().st_mode & 0o777
+    info = key_path.lstat()
+    if stat.S_ISLNK(info.st_mode):  # chmod below would change its target
+        raise UnusablePath(f"the host key {key_path} is a symlink; put the key itself there, or remove it")
+    mode = info.st_mode & 0o777
     if mode & 0o077:
         os.chmod(key_path, 0o600)
         log.warn("the host key {path} had mode {mode:o}; changed it to 600", path=str(key_path), mode=mode)
@@ -51,7 +59,7 @@ def load_or_create(key_path: Path, known_hosts: Path) -> keys.Key:
 
     Raises UnusablePath naming the file when the key or known_hosts cannot be used.
     """
-    if key_path.exists():
+    if key_path.exists() or key_path.is_symlink():
         key = _load(key_path)
     else:
         key = keys.Key(ed25519.Ed25519PrivateKey.generate())

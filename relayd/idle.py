@@ -50,7 +50,7 @@ class IdleExit:
         self._timer = None
         if not self._daemon.is_idle() or self._lock_fd is not None:
             return
-        fd = os.open(self._lock_path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
+        fd = os.open(self._lock_path, os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600)
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:  # a helper is starting or reaching us: look again shortly

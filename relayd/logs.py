@@ -7,6 +7,7 @@ the journal, which takes `<priority>` prefixes and adds its own timestamps.
 
 from __future__ import annotations
 
+import errno
 import os
 import sys
 from pathlib import Path
@@ -69,14 +70,33 @@ def journal_observer(stream: TextIO) -> ILogObserver:
     return observe
 
 
+class _PrivateLogFile(LogFile):
+    """Twisted's rotating LogFile, but it never writes through a symlink at the log's path:
+    one found there is removed and the log created anew (0600)."""
+
+    def _openFile(self) -> None:
+        self.closed = False
+        flags = os.O_RDWR | os.O_CREAT | os.O_APPEND | os.O_NOFOLLOW | os.O_CLOEXEC
+        try:
+            fd = os.open(self.path, flags, 0o600)
+        except OSError as exc:
+            if exc.errno != errno.ELOOP:
+                raise
+            os.unlink(self.path)
+            fd = os.open(self.path, flags | os.O_EXCL, 0o600)
+        os.fchmod(fd, 0o600)
+        self._file = os.fdopen(fd, "rb+", 0)
+        self.size = self._file.seek(0, 2)
+
+
 def start_logging(target: str, verbose: bool, log_file: Path) -> None:
     """Send every log event at info level (debug with `verbose`) to `target`."""
     if target == "journal":
         observer = journal_observer(sys.stderr)
     elif target == "file":
         log_file.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
-        rotating = LogFile(log_file.name, str(log_file.parent), rotateLength=ROTATE_BYTES,
-                           maxRotatedFiles=ROTATED_FILES, defaultMode=0o600)
+        rotating = _PrivateLogFile(log_file.name, str(log_file.parent), rotateLength=ROTATE_BYTES,
+                                   maxRotatedFiles=ROTATED_FILES, defaultMode=0o600)
         observer = textFileLogObserver(rotating)
     else:
         observer = textFileLogObserver(sys.stderr)

@@ -1,9 +1,9 @@
 """Job lookups before negotiating, so users get a precise message instead of a terse one.
 
 Two sources share one code path: the htcondor2 bindings (a real schedd) and the sandbox
-pool's table. Both return job ads as plain dicts with HTCondor's attribute names, and
-`assess` turns an ad into what the relay should do. Lookups block: the daemon runs them
-in a thread.
+pool's table. Both return job ads as plain dicts with HTCondor's attribute names, their
+strings already stripped of control characters (relayd.termsafe), and `assess` turns an
+ad into what the relay should do. Lookups block: the daemon runs them in a thread.
 """
 
 from __future__ import annotations
@@ -17,6 +17,7 @@ from typing import Any, Iterable, Protocol
 from relayd.config import Config, ScheddConfig
 from relayd.humanize import duration
 from relayd.names import JobName
+from relayd.termsafe import htcondor_text
 
 IDLE, RUNNING, REMOVED, COMPLETED, HELD, TRANSFERRING_OUTPUT, SUSPENDED = range(1, 8)
 SCHEDULER_UNIVERSE, GRID_UNIVERSE, PARALLEL_UNIVERSE = 7, 9, 11
@@ -46,6 +47,12 @@ def job_constraint(jobs: Iterable[JobName] | None, owner: str) -> str:
     return " || ".join(f"(ClusterId == {j.cluster} && ProcId == {j.proc})" for j in jobs) or "false"
 
 
+def _safe(ads: list[Ad]) -> list[Ad]:
+    """The ads with every string made safe for a terminal: HoldReason and the rest are the job's or the pool's."""
+    return [{key: htcondor_text(value) if isinstance(value, str) else value for key, value in ad.items()}
+            for ad in ads]
+
+
 def find(ads: list[Ad], job: JobName) -> Ad | None:
     return next((ad for ad in ads if ad.get("ClusterId") == job.cluster and ad.get("ProcId") == job.proc), None)
 
@@ -65,11 +72,11 @@ class SandboxSource:
                 raise LookupFailed(f"schedd {self._schedd!r} not found in the sandbox pool")
             ads = load_ads(self._pool_dir)
         except (OSError, PoolError) as exc:
-            raise LookupFailed(f"cannot read the sandbox pool at {self._pool_dir}: {exc}") from None
+            raise LookupFailed(f"cannot read the sandbox pool at {self._pool_dir}: {htcondor_text(str(exc))}") from None
         if jobs is None:
-            return ads  # the sandbox pool's jobs all belong to its one user
+            return _safe(ads)  # the sandbox pool's jobs all belong to its one user
         wanted = {(job.cluster, job.proc) for job in jobs}
-        return [ad for ad in ads if (ad.get("ClusterId"), ad.get("ProcId")) in wanted]
+        return _safe([ad for ad in ads if (ad.get("ClusterId"), ad.get("ProcId")) in wanted])
 
 
 class HTCondorSource:
@@ -87,7 +94,8 @@ class HTCondorSource:
         try:
             ad = htcondor2.Collector(self._pool).locate(htcondor2.DaemonType.Schedd, self._schedd_name)
         except Exception as exc:  # HTCondorException or IOError from the bindings
-            raise LookupFailed(f"cannot reach the collector of pool {self._pool or '(local)'}: {exc}") from None
+            raise LookupFailed(f"cannot reach the collector of pool {self._pool or '(local)'}: "
+                               f"{htcondor_text(str(exc))}") from None
         if ad is None:  # Schedd(None) would silently mean the local schedd
             raise LookupFailed(f"schedd {self._schedd_name!r} not found in pool {self._pool or '(local)'}")
         return htcondor2.Schedd(ad)
@@ -100,8 +108,8 @@ class HTCondorSource:
             raise
         except Exception as exc:  # HTCondorException, IOError, ValueError from the bindings
             where = f"schedd {self._schedd_name!r}" if self._schedd_name else "the local schedd"
-            raise LookupFailed(f"cannot query {where}: {exc}") from None
-        return [ad_to_dict(ad) for ad in ads]
+            raise LookupFailed(f"cannot query {where}: {htcondor_text(str(exc))}") from None
+        return _safe([ad_to_dict(ad) for ad in ads])
 
 
 def make_source(config: Config, schedd: ScheddConfig) -> JobSource | None:

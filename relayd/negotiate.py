@@ -24,9 +24,10 @@ from twisted.internet import defer, error, protocol
 from twisted.internet.interfaces import IReactorProcess, IReactorTime
 from twisted.logger import Logger
 
-from relayd.capture_hook import SOCKET_ENV, TOKEN_ENV
+from relayd.capture_hook import PID_ENV, SOCKET_ENV, TOKEN_ENV
 from relayd.config import ScheddConfig
 from relayd.names import JobName
+from relayd.termsafe import htcondor_text
 from relayd.trust import HostKeyPolicy, NegotiatedKey
 
 log = Logger()
@@ -128,8 +129,7 @@ class _ToolProcess(protocol.ProcessProtocol):
         self.ended.callback(1 if code is None else code)
 
     def message(self) -> str:
-        lines = [line.strip() for line in self.stderr.decode(errors="replace").splitlines()]
-        return "; ".join(line for line in lines if line)
+        return htcondor_text(self.stderr.decode(errors="replace"))
 
 
 def hook_path() -> str:
@@ -172,7 +172,9 @@ class Negotiator:
     async def negotiate(self, job: JobName, schedd: ScheddConfig) -> Credentials:
         argv = self.argv(job, hook_path(), schedd)
         token, captured = self._captures.expect()
-        env = dict(os.environ, **{SOCKET_ENV: self._daemon_socket, TOKEN_ENV: token})
+        # The hook checks that this process listens on the socket (SO_PEERCRED records who
+        # called listen(); Twisted calls it on a socket systemd passed too) before it sends.
+        env = dict(os.environ, **{SOCKET_ENV: self._daemon_socket, TOKEN_ENV: token, PID_ENV: str(os.getpid())})
         tool = _ToolProcess()
         # A new session makes the whole tree (tool, hook, any ssh) killable on timeout.
         prefix = [self._setsid] if self._setsid else []
@@ -180,9 +182,14 @@ class Negotiator:
         log.info("negotiating with job {job}: {argv}", job=job.job_id, argv=" ".join(argv))
         timed_out: list[bool] = []
 
+        pid = process.pid  # Twisted forgets it once the tool is reaped
+
         def on_timeout() -> None:
             timed_out.append(True)
-            self._kill(process, own_group=bool(prefix))
+            self._kill(process, pid, own_group=bool(prefix))
+            # A child that left the group may still hold the tool's stdout and stderr;
+            # processEnded waits for those pipes, so close our ends.
+            process.loseConnection()
 
         timer = self._reactor.callLater(self._timeout, on_timeout)  # type: ignore[union-attr]
         try:
@@ -204,11 +211,11 @@ class Negotiator:
         raise NegotiationFailed(f"job {job.job_id}: {detail}", retryable="-auto-retry" in detail)
 
     @staticmethod
-    def _kill(process, own_group: bool) -> None:  # type: ignore[no-untyped-def]
-        log.warn("negotiation timed out; killing condor_ssh_to_job (pid {pid})", pid=process.pid)
+    def _kill(process, pid: int, own_group: bool) -> None:  # type: ignore[no-untyped-def]
+        log.warn("negotiation timed out; killing condor_ssh_to_job (pid {pid})", pid=pid)
         try:
             if own_group:
-                os.killpg(process.pid, signal.SIGKILL)
+                os.killpg(pid, signal.SIGKILL)
             else:
                 process.signalProcess("KILL")
         except (OSError, error.ProcessExitedAlready):

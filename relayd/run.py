@@ -41,6 +41,8 @@ def run(paths: Paths, verbose: bool = False, on_demand: bool = False, log_to: st
         paths = paths.with_socket(passed.path)
     started_by = "systemd" if passed else "helper" if on_demand else "foreground"
     start_logging(log_to or default_target(started_by), verbose, paths.log_file)
+    if paths.runtime_fallback:
+        log.warn("runtime directory: {why}", why=paths.runtime_fallback)
     try:
         daemon = RelayDaemon(reactor, config, paths)
         daemon.activation = started_by

@@ -45,7 +45,7 @@ def test_the_helper_imports_only_light_standard_modules(relay, tmp_path, helper)
     ours = {"relayd", "clientconf"}
     assert {m for m in new if m.split(".")[0] not in sys.stdlib_module_names | ours} == set()
     assert {m for m in new if m.split(".")[0] in ours} - {"relayd.cli"} == {
-        "relayd", "relayd.humanize", "relayd.paths", "relayd.protocol",
+        "relayd", "relayd.humanize", "relayd.paths", "relayd.peercred", "relayd.protocol",
         "clientconf", "clientconf.autostart", "clientconf.connect", "clientconf.progress",
     }
     assert new & SLOW == set()

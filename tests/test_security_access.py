@@ -17,7 +17,7 @@ from pathlib import Path
 import pytest
 from conftest import RELAYD, VENV_BIN, Relay, assert_fails, negotiator_environments, wait_for
 
-from relayd.capture_hook import SOCKET_ENV, TOKEN_ENV
+from relayd.capture_hook import PID_ENV, SOCKET_ENV, TOKEN_ENV
 from relayd.sandbox import pool as sandbox
 from relayd.sandbox import session, sshcmd
 from relayd.sandbox.starter import SSH_KEYGEN
@@ -171,7 +171,8 @@ def test_capture_hook_leaves_the_session_dir_as_it_found_it(tmp_path):
                            remote_user="condor-user", remote_host="exec.example", key_file=str(key_file),
                            known_hosts=str(known_hosts))
     hook = subprocess.Popen(sshcmd.build(str(VENV_BIN / "condor-relay-capture"), macros, False, []),
-                            env=dict(os.environ, **{SOCKET_ENV: str(tmp_path / "relay.sock"), TOKEN_ENV: "ab" * 16}),
+                            env=dict(os.environ, **{SOCKET_ENV: str(tmp_path / "relay.sock"), TOKEN_ENV: "ab" * 16,
+                                                     PID_ENV: str(os.getpid())}),
                             stderr=subprocess.PIPE)
     for listener in (fdpass, daemon):
         listener.settimeout(30)
