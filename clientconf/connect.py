@@ -65,7 +65,7 @@ def _descriptor_taker() -> _socket.socket | None:
 
     OpenSSH gives the helper one end of a unix stream socketpair as both stdin and stdout, and
     writes nothing on it. Other clients give pipes (paramiko, asyncssh, sshj, Windows' ssh) or
-    a socketpair they already sent their version line on (libssh), and would read the byte that
+    a socketpair they send their version line on at once (libssh), and would read the byte that
     carries SCM_RIGHTS as SSH data: so this looks, and never tries.
     """
     try:

@@ -31,8 +31,11 @@ def _upward(sock: _socket.socket, stdin: int) -> None:
     try:
         while n := os.readv(stdin, [buffer]):
             sock.sendall(view[:n])
+    except OSError:  # stdin failed, or the relay is gone (the other direction sees that and ends the copy)
+        pass
+    try:
         sock.shutdown(_socket.SHUT_WR)
-    except OSError:  # the relay is gone: the other direction sees it too and ends the copy
+    except OSError:
         pass
 
 
