@@ -4,9 +4,10 @@ It asks the daemon for HOST over the unix socket (starting the daemon if none li
 and once the daemon says OK -- at once: the daemon reaches the job while ssh does its key
 exchange, and reports progress and failures through SSH itself -- it hands the connected
 socket to ssh (ProxyUseFdpass) and exits, so no copy process stays in the data path.
-With `--stdio` (behind an outer ssh, where no descriptor can be passed) it copies
-between stdin/stdout and the socket instead. When it fails itself (no daemon, a bad
-request), relayd.refusal tells ssh why over SSH in the daemon's place.
+With `--stdio` (behind an outer ssh, where no descriptor can be passed), or for a client
+that gave it pipes (paramiko, asyncssh, sshj, Windows' ssh), it copies between
+stdin/stdout and the socket instead. When it fails itself (no daemon, a bad request),
+relayd.refusal tells ssh why over SSH in the daemon's place.
 
 Its start-up is on every connection's critical path (about 11 ms, 8 of them Python's own),
 so it imports only light stdlib modules: main() parses the command line itself (argparse
@@ -19,6 +20,7 @@ from __future__ import annotations
 
 import _socket
 import os
+import stat
 import sys
 from collections import namedtuple
 
@@ -60,14 +62,41 @@ def _read_line(sock: _socket.socket, display: ProgressDisplay) -> str:
             raise _Failed("the relay daemon sent an overlong reply")
 
 
-def _hand_to_ssh(sock: _socket.socket) -> None:
-    """Pass the connected socket to ssh through our stdout (ProxyUseFdpass), as socket.send_fds."""
+def _descriptor_taker() -> _socket.socket | None:
+    """Our stdout as a socket when ssh waits for the connection on it (ProxyUseFdpass), else None.
+
+    OpenSSH gives the helper one end of a unix stream socketpair as both stdin and stdout, and
+    writes nothing on it. Other clients give pipes (paramiko, asyncssh, sshj, Windows' ssh) or
+    a socketpair they send their version line on at once (libssh), and would read the byte that
+    carries SCM_RIGHTS as SSH data: so this looks, and never tries.
+    """
     try:
-        out = _socket.socket(fileno=os.dup(1))
+        stdin, stdout = os.fstat(0), os.fstat(1)
     except OSError:
-        raise _Failed(
-            "stdout is not a socket: use this helper with 'ProxyUseFdpass yes' (see relayd ssh-config print)"
-        ) from None
+        return None
+    if not stat.S_ISSOCK(stdout.st_mode) or (stdin.st_dev, stdin.st_ino) != (stdout.st_dev, stdout.st_ino):
+        return None
+    out = _socket.socket(fileno=os.dup(1))
+    try:
+        if out.family == _socket.AF_UNIX and out.getsockopt(_socket.SOL_SOCKET, _socket.SO_TYPE) == _socket.SOCK_STREAM:
+            out.recv(1, _socket.MSG_PEEK | _socket.MSG_DONTWAIT)  # data, or EOF: not a waiting OpenSSH
+    except BlockingIOError:
+        return out
+    except OSError:
+        pass
+    out.close()
+    return None
+
+
+def _hand_to_ssh(sock: _socket.socket, copy: bool) -> None:
+    """Pass the connected socket to ssh through our stdout (as socket.send_fds) when ssh takes
+    it; otherwise, or with `copy` (--stdio), stay and copy between stdin/stdout and the socket."""
+    out = None if copy else _descriptor_taker()
+    if out is None:
+        from clientconf.splice import splice  # noqa: PLC0415
+
+        splice(sock)
+        return
     try:
         descriptor = sock.fileno().to_bytes(4, sys.byteorder)  # one C int
         out.sendmsg([b"\0"], [(_socket.SOL_SOCKET, _socket.SCM_RIGHTS, descriptor)])
@@ -149,13 +178,8 @@ def connect(socket_path: str, host: str, port: int, stdio: bool = False, autosta
 def _hand_over(sock: _socket.socket, stdio: bool) -> int:
     """Give ssh the connection: pass the socket itself, or copy through stdin/stdout."""
     try:
-        if stdio:
-            from clientconf.splice import splice  # noqa: PLC0415
-
-            splice(sock)
-        else:
-            _hand_to_ssh(sock)
-    except (_Failed, OSError) as exc:
+        _hand_to_ssh(sock, copy=stdio)
+    except OSError as exc:
         sys.stderr.write(f"condor-relay: {exc}\n")
         return EXIT_ERROR
     finally:

@@ -76,7 +76,7 @@ def cmd_ssh_config(args: argparse.Namespace) -> int:
     if args.action == "known-hosts":
         from relayd.hostkey import load_or_create
 
-        load_or_create(paths.host_key, paths.known_hosts)
+        load_or_create(paths.host_key, paths.known_hosts, config.domain)
         sys.stdout.write(paths.known_hosts.read_text())
         return 0
     if args.via and args.action != "print":

@@ -64,7 +64,8 @@ class RelayDaemon:
         self._port = None
         self._adopted = False
         _private_dir(paths.state_dir)
-        self.client_factory = ClientTransportFactory(reactor, load_or_create(paths.host_key, paths.known_hosts))
+        host_key = load_or_create(paths.host_key, paths.known_hosts, config.domain)
+        self.client_factory = ClientTransportFactory(reactor, host_key)
         self.client_factory.doStart()
 
     # -- the socket ---------------------------------------------------------------------

@@ -192,7 +192,7 @@ def check_runtime_dir(paths: Paths) -> Finding:
     return _ok("runtime dir", f"{paths.runtime_dir}: no other user can replace it")
 
 
-def check_permissions(paths: Paths) -> Iterator[Finding]:
+def check_permissions(paths: Paths, domain: str) -> Iterator[Finding]:
     restart = "relayd recreates it"
     yield check_runtime_dir(paths)
     for topic, path, mode in (
@@ -207,14 +207,14 @@ def check_permissions(paths: Paths) -> Iterator[Finding]:
     if paths.host_key.exists() and paths.known_hosts.exists():
         from twisted.conch.ssh import keys
 
-        from relayd.hostkey import HOST_KEY_ALIAS
+        from relayd.hostkey import pin_line
 
         try:
-            public = keys.Key.fromFile(str(paths.host_key)).public().toString("OPENSSH").decode()
+            public = keys.Key.fromFile(str(paths.host_key)).public()
         except Exception as exc:
             yield _fail("host key", f"{paths.host_key} cannot be read ({exc})", f"remove {paths.host_key}; {restart}")
             return
-        if paths.known_hosts.read_text().strip() != f"{HOST_KEY_ALIAS} {public}":
+        if paths.known_hosts.read_text() != pin_line(public, domain):
             yield _warn("known_hosts", f"{paths.known_hosts} does not pin the current host key",
                         "start relayd once (it rewrites the file)")
 
@@ -238,7 +238,7 @@ def diagnose(paths: Paths, ssh_config: Path, block_for: Callable[[Config], str])
     config, config_finding = check_config(paths)
     findings = [config_finding, *check_ssh_client()]
     findings += check_ssh_config(ssh_config, block_for(config), config.domain, str(paths.socket))
-    findings += [*check_negotiator(config), *check_job_lookup(config), *check_permissions(paths)]
+    findings += [*check_negotiator(config), *check_job_lookup(config), *check_permissions(paths, config.domain)]
     findings.append(check_daemon(str(paths.socket)))
     return findings
 

@@ -54,8 +54,16 @@ def _load(key_path: Path) -> keys.Key:
         ) from None
 
 
-def load_or_create(key_path: Path, known_hosts: Path) -> keys.Key:
-    """Load the ed25519 host key, creating it on first run, and keep known_hosts in step.
+def pin_line(public: keys.Key, domain: str) -> str:
+    """The known_hosts line pinning the relay's key: under the alias the generated block's
+    HostKeyAlias names (OpenSSH), and under the job names' pattern for clients without that
+    option, which look the key up by the host name they connect to."""
+    return f"{HOST_KEY_ALIAS},job-*.{domain} {public.toString('OPENSSH').decode()}\n"
+
+
+def load_or_create(key_path: Path, known_hosts: Path, domain: str) -> keys.Key:
+    """Load the ed25519 host key, creating it on first run, and keep known_hosts in step
+    (for the job names of `domain`).
 
     Raises UnusablePath naming the file when the key or known_hosts cannot be used.
     """
@@ -64,7 +72,7 @@ def load_or_create(key_path: Path, known_hosts: Path) -> keys.Key:
     else:
         key = keys.Key(ed25519.Ed25519PrivateKey.generate())
         write_private(key_path, key.toString("OPENSSH"), "the host key")
-    line = f"{HOST_KEY_ALIAS} {key.public().toString('OPENSSH').decode()}\n"
+    line = pin_line(key.public(), domain)
     if not known_hosts.exists() or known_hosts.read_bytes() != line.encode():
         write_private(known_hosts, line.encode(), "the known_hosts file")
     return key

@@ -42,13 +42,18 @@ def serve(message: str) -> int:
     from twisted.internet import reactor
 
     from relayd.downstream import ClientTransportFactory
+    from relayd.config import Config, ConfigError, load_config
     from relayd.hostkey import load_or_create
     from relayd.paths import UnusablePath, default_paths, private_dir
 
     paths = default_paths()
     try:
+        domain = load_config(paths.config_file).domain
+    except ConfigError:  # often why the daemon could not start; the pin's name matters little here
+        domain = Config().domain
+    try:
         private_dir(paths.state_dir)
-        key = load_or_create(paths.host_key, paths.known_hosts)
+        key = load_or_create(paths.host_key, paths.known_hosts, domain)
     except (UnusablePath, OSError) as exc:
         sys.stderr.write(f"condor-relay: {message}\ncondor-relay: (and the relay's host key: {exc})\n")
         return 255

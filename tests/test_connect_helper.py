@@ -74,3 +74,73 @@ def test_options_go_anywhere_in_either_form(tmp_path, capsys, monkeypatch):
     assert _parse(["--user", "u", "h", "--stdio", "--socket", "s"]).user == "u"
     assert main(["--help"]) == 0
     assert "--no-start       fail instead of starting the daemon" in capsys.readouterr().out
+
+
+# -- handing the connection over: pass the socket to OpenSSH, copy for everyone else ----------
+
+def _helper(relay, host: str, stdin, stdout) -> subprocess.Popen:
+    return subprocess.Popen([HELPER, "--socket", str(relay.home.socket), host, "22"], env=relay.home.env,
+                            stdin=stdin, stdout=stdout, stderr=subprocess.PIPE)
+
+
+def _stop(helper: subprocess.Popen) -> None:
+    helper.kill()
+    helper.wait()
+    for pipe in (helper.stdin, helper.stdout, helper.stderr):
+        if pipe is not None:
+            pipe.close()
+
+
+def _read_version(read) -> bytes:
+    """The relay's SSH version line, read through `read`."""
+    line = b""
+    while not line.endswith(b"\n"):
+        chunk = read(1)
+        assert chunk, "the connection ended before the relay's version line"
+        line += chunk
+    return line
+
+
+def test_the_helper_copies_for_a_client_that_gives_it_pipes_and_exits_when_the_client_closes(relay):
+    """As paramiko, asyncssh, sshj and Windows' ssh start it; the client's EOF reaches the relay."""
+    helper = _helper(relay, relay.running_job(), subprocess.PIPE, subprocess.PIPE)
+    try:
+        assert _read_version(helper.stdout.read).startswith(b"SSH-2.0-")
+        helper.stdin.close()  # the half-close reaches the relay, which hangs up: the helper ends
+        helper.stdout.read()  # the rest of what the relay sent (its KEXINIT), up to its end
+        assert helper.wait(10) == 0, helper.stderr.read()
+    finally:
+        _stop(helper)
+
+
+def test_the_helper_copies_for_a_socketpair_its_client_already_wrote_to(relay):
+    """One socketpair end as stdin and stdout, as libssh gives, whose client speaks first: the
+    byte that carries a descriptor would be taken as SSH data, so the helper must copy."""
+    ours, theirs = socket.socketpair()
+    with ours, theirs:
+        ours.sendall(b"SSH-2.0-libssh_0.10\r\n")
+        helper = _helper(relay, relay.running_job(), theirs, theirs)
+        theirs.close()
+        try:
+            message, fds, _, _ = socket.recv_fds(ours, 64, 4)
+            assert (message[:8], fds) == (b"SSH-2.0-", [])
+            ours.shutdown(socket.SHUT_WR)
+            assert helper.wait(10) == 0, helper.stderr.read()
+        finally:
+            _stop(helper)
+
+
+def test_the_helper_passes_the_socket_to_a_waiting_openssh(relay):
+    """ProxyUseFdpass: one silent socketpair end as stdin and stdout; the relay comes as a descriptor."""
+    ours, theirs = socket.socketpair()
+    with ours, theirs:
+        helper = _helper(relay, relay.running_job(), theirs, theirs)
+        theirs.close()
+        try:
+            message, fds, _, _ = socket.recv_fds(ours, 1, 1)
+            assert (message, len(fds)) == (b"\0", 1)
+            assert helper.wait(10) == 0, helper.stderr.read()
+            with socket.socket(fileno=fds[0]) as relayed:
+                assert _read_version(relayed.recv).startswith(b"SSH-2.0-")
+        finally:
+            _stop(helper)
