@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import hashlib
+import logging
 import os
 import subprocess
 import threading
@@ -68,12 +69,7 @@ def close(client: paramiko.SSHClient, proxy: paramiko.ProxyCommand) -> None:
 @contextlib.contextmanager
 def paramiko_client(config: Path, host: str, key: Path) -> Iterator[paramiko.SSHClient]:
     found = paramiko.SSHConfig.from_path(str(config)).lookup(host)
-    client = paramiko.SSHClient()
-    # paramiko matches known_hosts names exactly and has no HostKeyAlias: the key pinned under the alias
-    pinned = paramiko.HostKeys(found["userknownhostsfile"]).lookup(found["hostkeyalias"])
-    for kind, host_key in pinned.items():
-        client.get_host_keys().add(host, kind, host_key)
-    client.set_missing_host_key_policy(paramiko.RejectPolicy())
+    client = pinned_client(found, host)
     proxy = paramiko.ProxyCommand(found["proxycommand"])
     try:
         client.connect(host, username=found.get("user"), key_filename=str(key), look_for_keys=False,
@@ -81,6 +77,17 @@ def paramiko_client(config: Path, host: str, key: Path) -> Iterator[paramiko.SSH
         yield client
     finally:
         close(client, proxy)
+
+
+def pinned_client(found: paramiko.SSHConfigDict, host: str) -> paramiko.SSHClient:
+    """A client that trusts the relay's pinned key for `host`, and nothing else."""
+    client = paramiko.SSHClient()
+    # paramiko matches known_hosts names exactly and has no HostKeyAlias: the key pinned under the alias
+    pinned = paramiko.HostKeys(found["userknownhostsfile"]).lookup(found["hostkeyalias"])
+    for kind, host_key in pinned.items():
+        client.get_host_keys().add(host, kind, host_key)
+    client.set_missing_host_key_policy(paramiko.RejectPolicy())
+    return client
 
 
 def paramiko_round_trip(client: paramiko.SSHClient, data: bytes) -> tuple[bytes, int]:
@@ -120,31 +127,32 @@ def test_paramiko_exec_round_trip_and_sftp(relay, ssh_config, key, tmp_path):
         assert out.read().split()[0].decode() == sha256(data)
 
 
-def paramiko_failure(config: Path, host: str, key: Path) -> str:
-    """What paramiko tells of a failed connection: the exception and any banner it received."""
+def paramiko_failure(config: Path, host: str, key: Path, caplog: pytest.LogCaptureFixture) -> str:
+    """What paramiko tells of a failed connection: its exception carries no reason (it says the
+    transport shut down), but it logs the banner and the disconnect reason (INFO)."""
     found = paramiko.SSHConfig.from_path(str(config)).lookup(host)
-    client = paramiko.SSHClient()
-    client.set_missing_host_key_policy(paramiko.RejectPolicy())
+    client = pinned_client(found, host)
     proxy = paramiko.ProxyCommand(found["proxycommand"])
+    caplog.set_level(logging.INFO, logger="paramiko")
     try:
-        with pytest.raises(Exception) as failed:
-            # paramiko's ProxyCommand never sees the helper exit: without a reason in SSH it waits this long
+        with pytest.raises(paramiko.SSHException):
             client.connect(host, key_filename=str(key), look_for_keys=False, allow_agent=False, sock=proxy,
                            timeout=10, banner_timeout=10, auth_timeout=10)
-        transport = client.get_transport()
-        banner = transport.get_banner() if transport is not None else None
-        return f"{failed.value} {banner.decode(errors='replace') if banner else ''}"
+        return "\n".join(record.getMessage() for record in caplog.records)
     finally:
         close(client, proxy)
 
 
-def test_paramiko_hears_the_reason_for_a_bad_name(relay, ssh_config, key):
-    assert "is not a job name" in paramiko_failure(ssh_config, "job-x.condor", key)
+def test_paramiko_hears_the_reason_for_a_bad_name(relay, ssh_config, key, caplog):
+    said = paramiko_failure(ssh_config, "job-x.condor", key, caplog)
+    assert "Auth banner: b\"condor-relay: 'job-x.condor' is not a job name" in said
+    assert "Disconnect (code 11): 'job-x.condor' is not a job name" in said
 
 
-def test_paramiko_hears_why_a_held_job_cannot_be_reached(relay, ssh_config, key):
+def test_paramiko_hears_why_a_held_job_cannot_be_reached(relay, ssh_config, key, caplog):
     cluster, proc = sandbox.submit_job(relay.pool_dir, status="held", HoldReason="Disk quota exceeded")
-    assert "Disk quota exceeded" in paramiko_failure(ssh_config, f"job-{cluster}.{proc}.condor", key)
+    said = paramiko_failure(ssh_config, f"job-{cluster}.{proc}.condor", key, caplog)
+    assert f"Disconnect (code 11): job {cluster}.{proc} is held: Disk quota exceeded" in said
 
 
 # -- asyncssh ------------------------------------------------------------------------------
