@@ -13,6 +13,7 @@ import time
 from pathlib import Path
 
 import pytest
+from conftest import on_terminal, to_file
 from netutil import EchoServer, connect_retry, free_port, round_trip, socks5_connect
 
 from relayd.sandbox import pool as sandbox
@@ -187,13 +188,15 @@ def test_agent_forwarding_lists_the_clients_key(relay, job, agents):
     assert b"relay-agent-test" in done.stdout
 
 
-def test_agent_forwarding_after_a_plain_connection(relay, job, agents):
+@pytest.mark.parametrize("stderr", ["file", "terminal"])
+def test_agent_forwarding_after_a_plain_connection(relay, job, agents, stderr):
     host, _ = job
     env = agents("after-plain")
     assert relay.ssh(host, "true").returncode == 0
-    done = subprocess.run(relay.ssh_argv("-A", host, "ssh-add -l"), env=env, capture_output=True, timeout=60)
+    run = to_file if stderr == "file" else on_terminal
+    done = run(relay.ssh_argv("-A", host, "ssh-add -l"), env)
     assert done.returncode == 0, done.stderr
-    assert b"after-plain" in done.stdout
+    assert b"after-plain" in done.stdout and done.stderr == b"", done.stderr
     assert relay.negotiations() == 2  # the forwarding session got a connection of its own
     # and the shared one never had an agent: a later plain session is not handed a dead socket
     later = relay.ssh(host, 'echo "agent=$SSH_AUTH_SOCK"')
