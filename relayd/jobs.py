@@ -106,6 +106,7 @@ class JobSession:
             connection.close("relay no longer needs this connection")
             return
         leg = self.relay.add_leg(connection)
+        connection.on_congestion = lambda _, congested: self.relay.congested(leg, congested)
         self._connections[leg] = connection
         self._legs[connection] = leg
         log.info("job {job}: upstream connection {n} ready", job=self.job.job_id, n=len(self._connections))
