@@ -23,6 +23,7 @@ from relayd.negotiate import Captures, Credentials, NegotiationFailed
 from relayd.paths import Paths, private_dir
 from relayd.protocol import Connect
 from relayd.reach import Reacher, Request
+from relayd.sshtransport import PacketTransport
 from relayd.trust import NegotiatedKey
 from relayd.watch import JobWatcher
 
@@ -59,6 +60,7 @@ class RelayDaemon:
         self._port = None
         self._adopted = False
         _private_dir(paths.state_dir)
+        PacketTransport.rekey_bytes = config.rekey_bytes
         self.client_factory = ClientTransportFactory(reactor, load_or_create(paths.host_key, paths.known_hosts))
         self.client_factory.doStart()
 

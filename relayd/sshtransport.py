@@ -35,6 +35,7 @@ import struct
 
 from twisted.conch.ssh import transport
 from twisted.conch.ssh.common import NS, getNS
+from twisted.logger import Logger
 
 from relayd import packetcrypto
 
@@ -47,6 +48,7 @@ _STRICT_SERVER = b"kex-strict-s-v00@openssh.com"
 # 32 KiB packets) cost a reactor round and a system call for every few packets.
 IO_SIZE = 256 * 1024
 CONGESTED_LIMIT = 4 * 1024 * 1024
+log = Logger()
 
 
 class _Algorithms:
@@ -123,7 +125,7 @@ class PacketTransport(transport.SSHTransportBase):
         if self._congested_bytes is not None and not self._disconnected:
             self._congested_bytes += len(payload)
             if self._congested_bytes > CONGESTED_LIMIT:
-                self._log.warn("dropped a peer that reads nothing of what it is sent")
+                log.warn("{side}: dropped, it reads nothing of what it is sent", side=self._side())
                 self.sendDisconnect(transport.DISCONNECT_PROTOCOL_ERROR, b"not reading what it is sent")
 
     def _check_volume(self, size: int, packets: int, direction: str) -> None:
@@ -133,10 +135,12 @@ class PacketTransport(transport.SSHTransportBase):
             self.sendDisconnect(transport.DISCONNECT_PROTOCOL_ERROR, b"too many packets under one key")
         elif (size >= self.rekey_bytes or packets >= self.rekey_packets) and not self._initial_kex \
                 and self._keyExchangeState == self._KEY_EXCHANGE_NONE and not self._disconnected:
-            self._log.info("{side}: key re-exchange after {size} bytes and {packets} packets {direction}",
-                           side="upstream connection" if self.isClient else "client connection", size=size,
-                           packets=packets, direction=direction)
+            log.info("{side}: key re-exchange after {size} bytes and {packets} packets {direction}",
+                     side=self._side(), size=size, packets=packets, direction=direction)
             self.sendKexInit()
+
+    def _side(self) -> str:
+        return "upstream connection" if self.isClient else "client connection"
 
     # -- write congestion (IPushProducer, towards our own transport) ---------------------------
 
