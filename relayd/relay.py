@@ -15,8 +15,10 @@ sender a window of at most min(the receiver's window, CHANNEL_WINDOW = 2 MiB), q
 the receiver's window cannot take yet, splits data at the receiver's maximum packet size,
 and refills the sender's window as soon as data moves on, without waiting for the
 receiver's adjust. So a channel holds at most 2 MiB of data (plus QUEUE_SLACK, 64 KiB, of
-messages queued behind it), and a job at most JOB_WINDOW = 32 MiB over all its channels:
-a grant that would pass it waits until data moves on. A sender that sends past its window
+messages queued behind it), and a job at most JOB_WINDOW = 32 MiB over all its channels
+plus RESERVE (32 KiB) for each channel beyond: a grant that would pass the job's budget
+waits until data moves on, but every channel may always have RESERVE, since a window once
+granted cannot be taken back and idle sessions would otherwise starve new ones. A sender that sends past its window
 is dropped ("peer ignored channel window"), a client connection or a leg, and only that
 one. While a receiver's transport has more than its write buffer threshold waiting
 (`congested`, Twisted's pauseProducing), nothing more is sent to it and no window is
@@ -68,6 +70,7 @@ _CHANNEL_MESSAGES = frozenset(range(CHANNEL_WINDOW_ADJUST, CHANNEL_FAILURE + 1))
 CHANNEL_WINDOW = 2 * 1024 * 1024
 JOB_WINDOW = 32 * 1024 * 1024
 QUEUE_SLACK = 64 * 1024
+RESERVE = 32 * 1024
 _DATA_MESSAGES = (CHANNEL_DATA, CHANNEL_EXTENDED_DATA)
 
 # Global requests the relay answers itself instead of passing them on.
@@ -320,7 +323,7 @@ class Relay:
         self._legs_requested = 0  # need_leg calls not yet answered by add_leg or leg_failed
         self._held = 0  # data bytes granted to senders or queued, over all channels (<= JOB_WINDOW)
         self._congested: set[Client | Leg] = set()
-        self._starved: dict[Flow, Channel] = {}  # flows owed a grant (congested receiver or job budget)
+        self._starved: dict[Flow, Channel] = {}  # flows owed a grant the job's budget or an open held back
         self._held_readers: set[Client] = set()  # clients not read from while a leg is congested
 
     # -- bookkeeping -------------------------------------------------------------------
@@ -371,6 +374,8 @@ class Relay:
         if leg not in self._legs:
             return
         self._legs.remove(leg)
+        self._congested.discard(leg)
+        self._release_readers()
         for relay_id in list(leg.channels):
             channel = self._channels[relay_id]
             self._forget(channel)
@@ -390,6 +395,8 @@ class Relay:
             return
         client.attached = False
         self._clients.remove(client)
+        self._congested.discard(client)
+        self._held_readers.discard(client)
         self._waiting = [c for c in self._waiting if c.client is not client]
         for leg in self._legs:
             for list_ in (leg.agent_clients, leg.x11_clients):
@@ -429,6 +436,8 @@ class Relay:
         self._waiting.clear()
         self._held = 0
         self._starved.clear()
+        self._congested.clear()
+        self._held_readers.clear()
         for client, closing in zip(clients, told):
             client.attached = False
             client.channels.clear()
@@ -480,6 +489,10 @@ class Relay:
 
     def _forget(self, channel: Channel) -> None:
         for flow in (channel.up, channel.down):
+            if any(msgnum == CHANNEL_CLOSE for msgnum, _, _ in flow.queue):
+                _, link, recipient = self._route(channel, flow)  # the answer the other side waits for
+                if link is not None and recipient is not None:
+                    link.send(CHANNEL_CLOSE, _u32(recipient))
             self._drop_queue(flow)
             self._held -= flow.granted
             flow.granted = 0
@@ -519,10 +532,7 @@ class Relay:
             return
         self._congested.discard(side)
         if isinstance(side, Leg):
-            held, self._held_readers = self._held_readers, set()
-            for client in held:
-                if client.attached:
-                    client.link.hold_reading(False)
+            self._release_readers()
         for relay_id in list(side.channels):
             channel = self._channels.get(relay_id)
             if channel is not None:
@@ -530,11 +540,32 @@ class Relay:
                 self._pump(channel, flow)
                 self._grant(channel, flow)
 
+    def _release_readers(self) -> None:
+        held, self._held_readers = self._held_readers, set()
+        for client in held:
+            client.link.hold_reading(False)
+
+    def _route(self, channel: Channel, flow: Flow) -> tuple[Client | Leg | None, ClientLink | LegLink | None,
+                                                            int | None]:
+        """Where `flow` goes: its receiver, that side's link and the channel's id there
+        (None while unknown, or when the client is gone)."""
+        if flow is channel.down:
+            client = channel.client
+            return client, client.link, channel.client_id if client.attached else None
+        leg = channel.leg
+        return leg, leg.link if leg is not None else None, channel.server_id
+
+    def _budget(self, flow: Flow) -> int:
+        """What the job's budget lets `flow` be granted now, RESERVE at least."""
+        reserve = min(flow.limit, RESERVE) - flow.granted - flow.queued
+        return max(JOB_WINDOW - self._held, reserve, 0)
+
     def _granted_open(self, channel: Channel, flow: Flow, rest: bytes) -> bytes:
         """An open's or confirmation's window, packet size and type data with the window the
         relay grants the sender in place of the receiver's."""
         self._held -= flow.granted  # a session open moved to another leg is granted anew
-        flow.granted = max(0, min(flow.limit, JOB_WINDOW - self._held))
+        flow.granted = 0
+        flow.granted = min(flow.limit, self._budget(flow))
         self._held += flow.granted
         if 2 * flow.granted < flow.limit:
             self._starved[flow] = channel
@@ -563,13 +594,8 @@ class Relay:
                 raise ProtocolViolation(f"peer ignored channel window: {size} bytes on channel {channel.relay_id} "
                                         f"with {flow.granted} granted")
             flow.granted -= size
-        if flow is channel.down:
-            receiver: Client | Leg | None = channel.client
-            link, recipient = channel.client.link, channel.client_id if channel.client.attached else None
-        else:
-            receiver, recipient = channel.leg, channel.server_id
-            link = channel.leg.link  # type: ignore[union-attr]
-        if recipient is None:
+        receiver, link, recipient = self._route(channel, flow)
+        if link is None or recipient is None:
             self._held -= size  # nobody to give it to: dropped
             return
         if msgnum == CHANNEL_CLOSE and channel.client_closed and channel.server_closed:
@@ -592,13 +618,8 @@ class Relay:
     def _pump(self, channel: Channel, flow: Flow) -> None:
         """Send on as much of `flow`'s queue as its receiver's window and transport take,
         splitting data at the receiver's maximum packet size."""
-        if flow is channel.down:
-            receiver: Client | Leg | None = channel.client
-            link, recipient = channel.client.link, channel.client_id if channel.client.attached else None
-        else:
-            receiver, recipient = channel.leg, channel.server_id
-            link = channel.leg.link if channel.leg is not None else None  # type: ignore[assignment]
-        if recipient is None or link is None:
+        receiver, link, recipient = self._route(channel, flow)
+        if link is None or recipient is None:
             return
         sent = 0
         queue = flow.queue
@@ -649,15 +670,11 @@ class Relay:
         room = flow.limit - flow.granted - flow.queued
         if 2 * room < flow.limit or room <= 0:
             return
-        if flow is channel.down:
-            receiver: Client | Leg | None = channel.client
-            link, recipient = (channel.leg.link, channel.server_id) if channel.leg is not None else (None, None)
-        else:
-            receiver = channel.leg
-            link, recipient = channel.client.link, channel.client_id if channel.client.attached else None
+        receiver = self._route(channel, flow)[0]
+        _, link, recipient = self._route(channel, channel.up if flow is channel.down else channel.down)  # the sender
         if receiver in self._congested:
             return
-        amount = min(room, JOB_WINDOW - self._held)
+        amount = min(room, self._budget(flow))
         if amount < room or link is None or recipient is None:
             self._starved[flow] = channel
         if amount <= 0 or link is None or recipient is None:

@@ -389,26 +389,27 @@ def test_a_congested_client_gets_no_more_window_granted_until_it_drains(setup):
     assert upstream[-1][0] == r.CHANNEL_WINDOW_ADJUST and upstream[-1][1][:4] == u32(1)
 
 
-def test_the_jobs_grants_stay_within_its_budget():
+def test_the_jobs_grants_stay_within_its_budget_and_a_reserve_per_channel():
     harness = Harness(max_sessions=100)
     relay = harness.relay
     upstream = []
     relay.leg = relay.add_leg(LegLink(upstream))
     stopped = relay.attach(Link())
     windows = []
-    while not windows or windows[-1]:  # each channel is granted what the job has left
+    for _ in range(r.JOB_WINDOW // r.CHANNEL_WINDOW + 2):  # each channel is granted what the job has left
         relay.from_client(stopped, r.CHANNEL_OPEN, s(b"session") + u32(0) + u32(2 << 20) + u32(32768))
         windows.append(struct.unpack(">L", upstream[-1][1][15:19])[0])
-    assert sum(windows) == r.JOB_WINDOW and max(windows) == r.CHANNEL_WINDOW
+    # beyond the budget, the least a channel gets, so that it never waits on the others
+    assert windows == [r.CHANNEL_WINDOW] * (r.JOB_WINDOW // r.CHANNEL_WINDOW) + [r.RESERVE] * 2
     first = struct.unpack(">L", upstream[0][1][11:15])[0]
     relay.from_leg(relay.leg, r.CHANNEL_OPEN_CONFIRMATION, u32(first) + u32(1) + u32(1 << 20) + u32(16384))
-    assert stopped.link.sent[-1][1][8:12] == u32(0)  # the up direction gets nothing either, yet
+    assert stopped.link.sent[-1][1][8:12] == u32(r.RESERVE)  # the up direction too
     upstream.clear()
-    for _ in range(4):  # the job sends the client a quarter of what it was granted, which moves on
+    for _ in range(16):  # the job sends the client some of what it was granted, which moves on
         relay.from_leg(relay.leg, r.CHANNEL_DATA, data(first, 16384))
-    # what moved on is granted again, to the channels that got least
+    # what moved on is granted again, to the channels that got least, down to the budget
     adjusts = [p for m, p in upstream + stopped.link.sent if m == r.CHANNEL_WINDOW_ADJUST]
-    assert sum(struct.unpack(">L", p[4:])[0] for p in adjusts) == 65536
+    assert sum(struct.unpack(">L", p[4:])[0] for p in adjusts) == 16 * 16384 - 3 * r.RESERVE
 
 
 def test_a_client_that_opens_towards_a_congested_leg_is_not_read_from_until_it_drains(setup):
@@ -441,3 +442,15 @@ def test_only_the_owner_cancels_a_remote_forward(setup):
     assert other.link.sent == [(r.REQUEST_FAILURE, b"")] and len(upstream) == sent
     relay.from_client(owner, r.GLOBAL_REQUEST, s(b"cancel-tcpip-forward") + b"\1" + forward)
     assert upstream[-1] == (r.GLOBAL_REQUEST, s(b"cancel-tcpip-forward") + b"\1" + forward)
+
+
+def test_a_close_queued_behind_data_still_answers_the_clients_close(setup):
+    relay, upstream = setup
+    client = relay.attach(Link())
+    relay_id = open_session(relay, upstream, client, 5, 1)
+    relay.congested(client, True)
+    relay.from_leg(relay.leg, r.CHANNEL_DATA, data(relay_id, 1000))
+    relay.from_leg(relay.leg, r.CHANNEL_CLOSE, u32(relay_id))  # queued behind the data
+    relay.from_client(client, r.CHANNEL_CLOSE, u32(relay_id))  # the client closes on its own
+    assert client.link.sent == [(r.CHANNEL_CLOSE, u32(5))] and relay.channels == 0
+    assert upstream[-1] == (r.CHANNEL_CLOSE, u32(1))
