@@ -21,8 +21,8 @@ waits until data moves on, but every channel may always have RESERVE, since a wi
 granted cannot be taken back and idle sessions would otherwise starve new ones. A sender that sends past its window
 is dropped ("peer ignored channel window"), a client connection or a leg, and only that
 one. While a receiver's transport has more than its write buffer threshold waiting
-(`congested`, Twisted's pauseProducing), nothing more is sent to it and no window is
-granted towards it; a client that sends a leg messages outside channels (opens, global
+(`congested`, Twisted's pauseProducing), nothing more is sent to it: what its senders
+send stays queued, within the window they were granted, and refills none; a client that sends a leg messages outside channels (opens, global
 requests) while that leg is congested is not read from until it drains. One slow client
 so never stalls the other clients of a shared leg.
 
@@ -662,18 +662,15 @@ class Relay:
                     self._grant(owner, other)
 
     def _grant(self, channel: Channel, flow: Flow) -> None:
-        """Open the sender's window again once at least half of `flow`'s limit is free,
-        unless the receiver is congested (retried when it drains) or the job's budget is
-        spent (retried when data moves on)."""
+        """Open the sender's window again once at least half of `flow`'s limit is free (what
+        a congested receiver does not take stays queued, so its sender is granted no more),
+        as far as the job's budget goes (the rest once data moves on)."""
         if channel.client_closed or channel.server_closed or channel.relay_id not in self._channels:
             return
         room = flow.limit - flow.granted - flow.queued
         if 2 * room < flow.limit or room <= 0:
             return
-        receiver = self._route(channel, flow)[0]
         _, link, recipient = self._route(channel, channel.up if flow is channel.down else channel.down)  # the sender
-        if receiver in self._congested:
-            return
         amount = min(room, self._budget(flow))
         if amount < room or link is None or recipient is None:
             self._starved[flow] = channel
