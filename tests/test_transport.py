@@ -206,3 +206,16 @@ def test_a_peer_that_never_rekeys_is_dropped_before_a_sequence_number_wraps():
     receiver._keyExchangeState = receiver._KEY_EXCHANGE_REQUESTED  # our KEXINIT is unanswered
     receiver.dataReceived(b"".join(b"".join(sender.sealer.seal(seq, 94, b"x")) for seq in range(5)))
     assert len(receiver.messages) == 3 and receiver.transport.disconnecting
+
+
+def test_a_peer_still_sent_a_lot_while_it_reads_nothing_is_dropped():
+    peer = _after_key_exchange()
+    peer.pauseProducing()  # its socket's write buffer passed IO_SIZE
+    for _ in range(4 * 32):
+        peer.sendPacket(82, b"x" * 32768)  # e.g. answers to requests it floods
+    assert not peer.transport.disconnecting
+    peer.resumeProducing()  # drained: the count starts again
+    peer.pauseProducing()
+    for _ in range(4 * 32 + 1):
+        peer.sendPacket(82, b"x" * 32768)
+    assert peer.transport.disconnecting
