@@ -585,9 +585,7 @@ class Relay:
         size = 0
         if msgnum in _DATA_MESSAGES:
             start = _data_start(msgnum)
-            reader = _Reader(payload)
-            reader.pos = start - 4
-            size = reader.u32()
+            size = _Reader(payload[start - 4 : start]).u32()
             if start + size != len(payload):
                 raise ProtocolViolation(f"data on channel {channel.relay_id} does not match its length")
             if size > flow.granted:
@@ -602,8 +600,9 @@ class Relay:
             self._drop_queue(flow)  # the other side closed already: what is queued is moot
         if not flow.queue and receiver not in self._congested and size <= min(flow.window, flow.max_packet):
             link.send(msgnum, _readdressed(recipient, payload))
-            flow.window -= size
-            self._release(channel, flow, size)
+            if size:
+                flow.window -= size
+                self._release(channel, flow, size)
             return
         if msgnum in _DATA_MESSAGES:
             flow.queued += size
