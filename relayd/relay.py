@@ -18,11 +18,12 @@ receiver's adjust. So a channel holds at most 2 MiB of data (plus QUEUE_SLACK, 6
 messages queued behind it), and a job at most JOB_WINDOW = 32 MiB over all its channels
 plus RESERVE (32 KiB) for each channel beyond: a grant that would pass the job's budget
 waits until data moves on, but every channel may always have RESERVE, since a window once
-granted cannot be taken back and idle sessions would otherwise starve new ones. A sender that sends past its window
-is dropped ("peer ignored channel window"), a client connection or a leg, and only that
-one. While a receiver's transport has more than its write buffer threshold waiting
-(`congested`, Twisted's pauseProducing), nothing more is sent to it: what its senders
-send stays queued, within the window they were granted, and refills none; a client that sends a leg messages outside channels (opens, global
+granted cannot be taken back and idle sessions would otherwise starve new ones. A sender
+that sends past its window is dropped ("peer ignored channel window"), a client
+connection or a leg, and only that one. While a receiver's transport has more than its
+write buffer threshold waiting (`congested`, Twisted's pauseProducing), nothing more is
+sent to it: what its senders send stays queued, within the window they were granted, and
+refills none. A client that sends a leg messages outside channels (opens, global
 requests) while that leg is congested is not read from until it drains. One slow client
 so never stalls the other clients of a shared leg.
 
