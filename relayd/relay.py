@@ -529,7 +529,8 @@ class Relay:
         """A client's or leg's transport has more than its threshold waiting to be written
         (or has drained): hold back what goes to it meanwhile, then send it on."""
         if congested:
-            self._congested.add(side)
+            if side.attached if isinstance(side, Client) else side in self._legs:
+                self._congested.add(side)
             return
         self._congested.discard(side)
         if isinstance(side, Leg):
