@@ -50,6 +50,7 @@ class Config:
     ec2_user: str | None = None
     ec2_port: int = 22  # the instances' sshd port; other values are for tests
     exit_when_idle: float = 600.0  # started on demand: exit after this long without clients or upstreams; 0: never
+    rekey_bytes: int = 1 << 30  # bytes each way under one key before a rekey (sshtransport); lower for tests
 
     def negotiator_path(self) -> str | None:
         """The negotiator executable as an absolute path, or None when not found."""
@@ -95,8 +96,9 @@ _TYPES: dict[str, tuple[type, ...]] = {
     "ec2_user": (str,),
     "ec2_port": (int,),
     "exit_when_idle": _NUMBER,
+    "rekey_bytes": (int,),
 }
-_POSITIVE = ("idle_timeout", "negotiation_timeout", "watch_interval", "ec2_port")
+_POSITIVE = ("idle_timeout", "negotiation_timeout", "watch_interval", "ec2_port", "rekey_bytes")
 _NOT_NEGATIVE = ("wait_for_running", "running_grace", "exit_when_idle")
 _SCHEDD_KEYS = {f.name for f in fields(ScheddConfig)}
 

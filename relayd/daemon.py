@@ -24,6 +24,7 @@ from relayd.negotiate import Captures, Credentials, NegotiationFailed
 from relayd.paths import Paths, private_dir
 from relayd.protocol import Connect
 from relayd.reach import Reacher, Request
+from relayd.sshtransport import PacketTransport
 from relayd.trust import NegotiatedKey
 from relayd.watch import JobWatcher
 
@@ -64,6 +65,7 @@ class RelayDaemon:
         self._port = None
         self._adopted = False
         _private_dir(paths.state_dir)
+        PacketTransport.rekey_bytes = config.rekey_bytes
         host_key = load_or_create(paths.host_key, paths.known_hosts, config.domain)
         self.client_factory = ClientTransportFactory(reactor, host_key)
         self.client_factory.doStart()

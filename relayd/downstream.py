@@ -101,6 +101,7 @@ class ClientTransport(PacketTransport, transport.SSHServerTransport):
     def hang_up(self) -> None:
         """Half-close and discard what ssh still sends until it hangs up: closing outright while
         ssh writes (an upload) fails its write with a broken pipe before it reads the reason."""
+        self.unregister_producer()
         self.transport.loseWriteConnection()
         # abort, not lose: a client that reads nothing would keep unsent bytes, and so us, waiting
         # (standard I/O, relayd.refusal's transport, cannot abort: losing it is as good there)
@@ -201,7 +202,17 @@ class ClientTransport(PacketTransport, transport.SSHServerTransport):
             self._log.warn("dropped a client of job {job}: {exc}", job=self.session.job.job_id, exc=exc)
             self.sendDisconnect(transport.DISCONNECT_PROTOCOL_ERROR, str(exc).encode())
 
+    def congested(self, congested: bool) -> None:
+        if self.client is not None:
+            self.session.relay.congested(self.client, congested)
+
     # ClientLink
+    def hold_reading(self, held: bool) -> None:
+        if held:
+            self.transport.pauseProducing()
+        else:
+            self.transport.resumeProducing()
+
     def send(self, msgnum: int, payload: bytes) -> None:
         self.traffic.count_sent(len(payload))
         self.sendPacket(msgnum, payload)

@@ -114,6 +114,7 @@ class JobSession:
         if leg is None:
             connection.close("its client left")
             return
+        connection.on_congestion = lambda _, congested: self.relay.congested(leg, congested)
         self._connections[leg] = connection
         self._legs[connection] = leg
         log.info("job {job}: upstream connection {n} ready", job=self.job.job_id, n=len(self._connections))

@@ -102,18 +102,22 @@ class Opener(Protocol):
         """(message number, payload after it) of one whole packet; raises BadPacket."""
 
 
+def _padding(size: int, block: int, unencrypted_length: bool) -> int:
+    """The padding a payload of `size` bytes (after the message number) gets: at least 4
+    bytes, making the padded part a multiple of the block size; with EtM and AEAD modes
+    the length field stays clear and is left out of that sum."""
+    padding = block - (size + (2 if unencrypted_length else 6)) % block
+    return padding + block if padding < 4 else padding
+
+
 def _frame_ends(message: int, payload: bytes, block: int, unencrypted_length: bool) -> tuple[bytes, bytes]:
     """What goes before the payload (packet_length, padding_length, message number) and
     after it (random padding, at least 4 bytes).
 
-    The padded part is a multiple of the block size; with EtM and AEAD modes the
-    length field stays clear and is left out of that sum. Stream ciphers (CTR, ChaCha20)
-    take the three parts one by one, so a 32 KiB payload is not copied into a frame.
+    Stream ciphers (CTR, ChaCha20) take the three parts one by one, so a 32 KiB payload
+    is not copied into a frame.
     """
-    aligned = len(payload) + (2 if unencrypted_length else 6)
-    padding = block - aligned % block
-    if padding < 4:
-        padding += block
+    padding = _padding(len(payload), block, unencrypted_length)
     return _HEADER.pack(len(payload) + padding + 2, padding, message), os.urandom(padding)
 
 
@@ -331,6 +335,20 @@ class _ChaChaPoly:
 
 _SEALERS: dict[str, Callable[..., Sealer]] = {"gcm": _GcmSealer, "chacha": _ChaChaPoly, "ctr": _CtrSealer}
 _OPENERS: dict[str, Callable[..., Opener]] = {"gcm": _GcmOpener, "chacha": _ChaChaPoly, "ctr": _CtrOpener}
+# Every (block size, length left clear) pair a sealer frames with: Plain, CTR (E&M and EtM),
+# AES-GCM, ChaCha20-Poly1305.
+_FRAMINGS = ((Plain.block, False), (_CtrSealer.block, False), (_CtrSealer.block, True), (_GcmSealer.block, True),
+             (_ChaChaPoly.block, True))
+
+
+def _fits(size: int) -> bool:
+    return all(size + 2 + _padding(size, block, clear) <= MAX_PACKET_LENGTH for block, clear in _FRAMINGS)
+
+
+# The largest payload (after the message number) that any sealer frames within a peer's
+# MAX_PACKET_LENGTH: a message relayed from one leg to the other is re-padded for the other
+# leg's cipher and must stay legal there (262,134 bytes: aes*-ctr with an E&M HMAC pads most).
+MAX_PAYLOAD = max(size for size in range(MAX_PACKET_LENGTH - 64, MAX_PACKET_LENGTH) if _fits(size))
 
 
 def _build(classes: dict[str, Callable[..., T]], cipher: bytes, mac: bytes, key: bytes, iv: bytes,

@@ -4,12 +4,28 @@ Sans-IO: a `Relay` is fed connection-layer messages (RFC 4254, numbers 80-100) f
 clients and from the job's upstream connections ("legs") and calls their `send`; it never
 touches a socket, so it is tested on its own.
 
-Channel ids are translated, nothing else is rewritten: windows, packet sizes and data pass
-through untouched, so flow control stays end to end between ssh and the job's sshd and the
-relay never holds more than the two peers allow. Each channel gets one relay id, unique
-within the job, used towards both the client and the leg it lives on. A client message
-that the job's sshd would end the shared connection for is refused instead, and only
-that client is dropped.
+Channel ids are translated, and each channel gets one relay id, unique within the job,
+used towards both the client and the leg it lives on. A client message that the job's
+sshd would end the shared connection for is refused instead, and only that client is
+dropped: one it could not parse, or one longer than it takes once re-padded for the leg's
+cipher (`packetcrypto.MAX_PAYLOAD`).
+
+Flow control is the relay's own, per direction of each channel (`Flow`): it grants the
+sender a window of at most min(the receiver's window, CHANNEL_WINDOW = 2 MiB), queues what
+the receiver's window cannot take yet, splits data at the receiver's maximum packet size,
+and refills the sender's window as soon as data moves on, without waiting for the
+receiver's adjust. So a channel holds at most 2 MiB of data (plus QUEUE_SLACK, 64 KiB, of
+messages queued behind it), and a job at most JOB_WINDOW = 32 MiB over all its channels
+plus RESERVE (32 KiB) for each channel beyond: a grant that would pass the job's budget
+waits until data moves on, but every channel may always have RESERVE, since a window once
+granted cannot be taken back and idle sessions would otherwise starve new ones. A sender
+that sends past its window is dropped ("peer ignored channel window"), a client
+connection or a leg, and only that one. While a receiver's transport has more than its
+write buffer threshold waiting (`congested`, Twisted's pauseProducing), nothing more is
+sent to it: what its senders send stays queued, within the window they were granted, and
+refills none. A client that sends a leg messages outside channels (opens, global
+requests) while that leg is congested is not read from until it drains. One slow client
+so never stalls the other clients of a shared leg.
 
 A job's sshd allows `MaxSessions` (10) session channels per connection. When every leg is
 full, session opens wait while the owner negotiates another leg (`need_leg`), so clients
@@ -46,6 +62,8 @@ import struct
 from collections import deque
 from dataclasses import dataclass, field
 from typing import Callable, Protocol
+
+from relayd.packetcrypto import MAX_PAYLOAD
 
 GLOBAL_REQUEST = 80
 REQUEST_SUCCESS = 81
@@ -88,6 +106,13 @@ _REFUSED_REQUEST = b"forwarding-refused@condor-relay"
 # Messages whose first field is the recipient channel and that are routed by it.
 _CHANNEL_MESSAGES = frozenset(range(CHANNEL_WINDOW_ADJUST, CHANNEL_FAILURE + 1))
 
+# Flow control (see the module docstring).
+CHANNEL_WINDOW = 2 * 1024 * 1024
+JOB_WINDOW = 32 * 1024 * 1024
+QUEUE_SLACK = 64 * 1024
+RESERVE = 32 * 1024
+_DATA_MESSAGES = (CHANNEL_DATA, CHANNEL_EXTENDED_DATA)
+
 # Global requests the relay answers itself instead of passing them on.
 _LOCAL_GLOBAL_REQUESTS = {b"keepalive@openssh.com", b"no-more-sessions@openssh.com"}
 
@@ -107,6 +132,11 @@ def _string(value: bytes) -> bytes:
 def _readdressed(recipient: int, payload: bytes) -> bytes:
     """A channel message for another recipient id: one copy of what may be 32 KiB of data."""
     return b"".join((_u32(recipient), memoryview(payload)[4:]))
+
+
+def _data_start(msgnum: int) -> int:
+    """Where the data of a CHANNEL_DATA or CHANNEL_EXTENDED_DATA payload begins."""
+    return 8 if msgnum == CHANNEL_DATA else 12
 
 
 def _open_failure(recipient: int, reason: int, text: bytes) -> bytes:
@@ -219,10 +249,28 @@ _READ_FIELD = {"u": _Reader.u32, "b": _Reader.boolean, "s": _Reader.skip_string,
                "m": _check_tty_modes}
 
 
+def _check_size(msgnum: int, payload: bytes) -> None:
+    """Raise ProtocolViolation for a message the other leg's peer would refuse once re-padded
+    for that leg's cipher; channel data is split instead (at the receiver's packet size)."""
+    if len(payload) > MAX_PAYLOAD and msgnum not in _DATA_MESSAGES:
+        raise ProtocolViolation(f"message {msgnum} of {len(payload) + 1} bytes is longer than the other side "
+                                f"takes ({MAX_PAYLOAD + 1})")
+
+
+def _forward_key(name: bytes, request: _Reader) -> tuple[bytes, int] | bytes:
+    """What a (cancel-)forward request's fields name: (address, port) or a socket path."""
+    if name in (b"tcpip-forward", b"cancel-tcpip-forward"):
+        return request.string(), request.u32()
+    return request.string()
+
+
 class ClientLink(Protocol):
     """What the relay needs from one client connection."""
 
     def send(self, msgnum: int, payload: bytes) -> None: ...
+
+    def hold_reading(self, held: bool) -> None:
+        """Stop (or resume) reading from the client: a leg it writes to is congested."""
 
     def disconnect(self, reason: str, closing: int = 0) -> None:
         """End the connection; `closing` channels were just closed and await the client's close."""
@@ -259,6 +307,23 @@ class Leg:
 
 
 @dataclass(eq=False)
+class Flow:
+    """One direction of a channel, from its sender through the relay to its receiver."""
+
+    window: int = 0  # the receiver's window: what the relay may still send it
+    max_packet: int = 1  # the receiver's maximum packet size
+    limit: int = 0  # the most the relay grants the sender: min(CHANNEL_WINDOW, the receiver's largest window)
+    granted: int = 0  # what the sender may still send
+    queue: deque[tuple[int, bytes, int]] = field(default_factory=deque)  # (msgnum, payload, data sent so far)
+    queued: int = 0  # data bytes in the queue
+    extra: int = 0  # bytes of other messages in the queue
+
+    def receiver_window(self, window: int, max_packet: int) -> None:
+        self.window, self.max_packet = window, max(1, max_packet)
+        self.limit = min(CHANNEL_WINDOW, window)
+
+
+@dataclass(eq=False)
 class Channel:
     relay_id: int
     kind: bytes
@@ -270,7 +335,6 @@ class Channel:
     server_closed: bool = False
     open_rest: bytes = b""  # window, packet size and type data of a pending client open
     moved: bool = False  # a refused session open is tried once more elsewhere
-    client_window: int = 0  # at least what the job's sshd may still send (grows by client adjusts)
     client_eof: bool = False
     pty_requested: bool = False
     # a session the relay confirmed itself: the client's messages until the job confirms it
@@ -278,6 +342,8 @@ class Channel:
     held_bytes: int = 0
     forwarding: bool = False  # its client asked for agent or X11 forwarding before its leg was picked
     leg_picked: bool = False
+    up: Flow = field(default_factory=Flow)  # from the client to the job
+    down: Flow = field(default_factory=Flow)  # from the job to the client
 
 
 class Relay:
@@ -305,6 +371,10 @@ class Relay:
         self._waiting: list[Channel] = []  # session opens waiting for a leg with room
         # need_leg calls not yet answered by add_leg or leg_failed, per owner (None: shared)
         self._legs_requested: dict[Client | None, int] = {}
+        self._held = 0  # data bytes granted to senders or queued, over all channels (<= JOB_WINDOW)
+        self._congested: set[Client | Leg] = set()
+        self._starved: dict[Flow, Channel] = {}  # flows owed a grant the job's budget or an open held back
+        self._held_readers: set[Client] = set()  # clients not read from while a leg is congested
 
     # -- bookkeeping -------------------------------------------------------------------
 
@@ -372,6 +442,8 @@ class Relay:
         if leg not in self._legs:
             return
         self._legs.remove(leg)
+        self._congested.discard(leg)
+        self._release_readers()
         for relay_id in list(leg.channels):
             channel = self._channels[relay_id]
             if channel.held is not None:  # confirmed by the relay, still pending at the job
@@ -394,6 +466,8 @@ class Relay:
             return
         client.attached = False
         self._clients.remove(client)
+        self._congested.discard(client)
+        self._held_readers.discard(client)
         self._waiting = [c for c in self._waiting if c.client is not client]
         self._legs_requested.pop(client, None)
         for leg in [leg for leg in self._legs if leg.owner is client]:
@@ -416,6 +490,7 @@ class Relay:
                 self._forget(channel)
             elif not channel.client_closed:
                 channel.client_closed = True
+                self._drop_queue(channel.up)
                 channel.leg.link.send(CHANNEL_CLOSE, _u32(channel.server_id))
                 self._forget_if_done(channel)
 
@@ -437,6 +512,10 @@ class Relay:
         self._channels.clear()
         self._legs.clear()
         self._waiting.clear()
+        self._held = 0
+        self._starved.clear()
+        self._congested.clear()
+        self._held_readers.clear()
         for client, closing in zip(clients, told):
             client.attached = False
             client.channels.clear()
@@ -453,7 +532,7 @@ class Relay:
                 continue
             end = "\r\n" if channel.pty_requested else "\n"  # a terminal is in raw mode meanwhile
             note = f"condor-relay: {reason}{end}".encode()
-            if channel.client_window < len(note):
+            if channel.down.window < len(note):
                 continue  # no room to say it (a download filled the window): the disconnect message will
             client.link.send(CHANNEL_EXTENDED_DATA, _u32(channel.client_id) + _u32(EXTENDED_DATA_STDERR) + _string(note))
             client.link.send(CHANNEL_CLOSE, _u32(channel.client_id))
@@ -487,6 +566,15 @@ class Relay:
             leg.sessions += 1
 
     def _forget(self, channel: Channel) -> None:
+        for flow in (channel.up, channel.down):
+            if any(msgnum == CHANNEL_CLOSE for msgnum, _, _ in flow.queue):
+                _, link, recipient = self._route(channel, flow)  # the answer the other side waits for
+                if link is not None and recipient is not None:
+                    link.send(CHANNEL_CLOSE, _u32(recipient))
+            self._drop_queue(flow)
+            self._held -= flow.granted
+            flow.granted = 0
+            self._starved.pop(flow, None)
         self._channels.pop(channel.relay_id, None)
         channel.client.channels.discard(channel.relay_id)
         self._unplace(channel)
@@ -518,13 +606,181 @@ class Relay:
             raise ProtocolViolation("no connection to the job")
         return self._legs[0]
 
+    # -- flow control --------------------------------------------------------------------
+
+    def congested(self, side: Client | Leg, congested: bool) -> None:
+        """A client's or leg's transport has more than its threshold waiting to be written
+        (or has drained): hold back what goes to it meanwhile, then send it on."""
+        if congested:
+            if side.attached if isinstance(side, Client) else side in self._legs:
+                self._congested.add(side)
+            return
+        self._congested.discard(side)
+        if isinstance(side, Leg):
+            self._release_readers()
+        for relay_id in list(side.channels):
+            channel = self._channels.get(relay_id)
+            if channel is not None:
+                flow = channel.up if isinstance(side, Leg) else channel.down
+                self._pump(channel, flow)
+                self._grant(channel, flow)
+
+    def _release_readers(self) -> None:
+        held, self._held_readers = self._held_readers, set()
+        for client in held:
+            client.link.hold_reading(False)
+
+    def _route(self, channel: Channel, flow: Flow) -> tuple[Client | Leg | None, ClientLink | LegLink | None,
+                                                            int | None]:
+        """Where `flow` goes: its receiver, that side's link and the channel's id there
+        (None while unknown, or when the client is gone)."""
+        if flow is channel.down:
+            client = channel.client
+            return client, client.link, channel.client_id if client.attached else None
+        leg = channel.leg
+        return leg, leg.link if leg is not None else None, channel.server_id
+
+    def _budget(self, flow: Flow) -> int:
+        """What the job's budget lets `flow` be granted now, RESERVE at least."""
+        reserve = min(flow.limit, RESERVE) - flow.granted - flow.queued
+        return max(JOB_WINDOW - self._held, reserve, 0)
+
+    def _granted_open(self, channel: Channel, flow: Flow, rest: bytes) -> bytes:
+        """An open's or confirmation's window, packet size and type data with the window the
+        relay grants the sender in place of the receiver's."""
+        self._held -= flow.granted  # a session open moved to another leg is granted anew
+        flow.granted = 0
+        flow.granted = min(flow.limit, self._budget(flow))
+        self._held += flow.granted
+        if 2 * flow.granted < flow.limit:
+            self._starved[flow] = channel
+        return _u32(flow.granted) + rest[4:]
+
+    def _adjusted(self, channel: Channel, flow: Flow, amount: int) -> None:
+        """The receiver of `flow` opened its window by `amount`."""
+        flow.window += amount
+        if flow.window > 0xFFFFFFFF:
+            raise ProtocolViolation(f"window adjust overflows the window of channel {channel.relay_id}")
+        flow.limit = min(CHANNEL_WINDOW, max(flow.limit, flow.window))
+        self._pump(channel, flow)
+        self._grant(channel, flow)
+
+    def _forward(self, channel: Channel, flow: Flow, msgnum: int, payload: bytes) -> None:
+        """Pass a channel message from `flow`'s sender on, behind what is queued before it."""
+        size = 0
+        if msgnum in _DATA_MESSAGES:
+            start = _data_start(msgnum)
+            size = _Reader(payload[start - 4 : start]).u32()
+            if start + size != len(payload):
+                raise ProtocolViolation(f"data on channel {channel.relay_id} does not match its length")
+            if size > flow.granted:
+                raise ProtocolViolation(f"peer ignored channel window: {size} bytes on channel {channel.relay_id} "
+                                        f"with {flow.granted} granted")
+            flow.granted -= size
+        receiver, link, recipient = self._route(channel, flow)
+        if link is None or recipient is None:
+            self._held -= size  # nobody to give it to: dropped
+            return
+        if msgnum == CHANNEL_CLOSE and channel.client_closed and channel.server_closed:
+            self._drop_queue(flow)  # the other side closed already: what is queued is moot
+        if not flow.queue and receiver not in self._congested and size <= min(flow.window, flow.max_packet):
+            link.send(msgnum, _readdressed(recipient, payload))
+            if size:
+                flow.window -= size
+                self._release(channel, flow, size)
+            return
+        if msgnum in _DATA_MESSAGES:
+            flow.queued += size
+        else:
+            flow.extra += len(payload)
+            if flow.extra > QUEUE_SLACK:
+                raise ProtocolViolation(f"too many messages for channel {channel.relay_id} while its receiver "
+                                        "does not read")
+        flow.queue.append((msgnum, payload, 0))
+        self._pump(channel, flow)
+
+    def _pump(self, channel: Channel, flow: Flow) -> None:
+        """Send on as much of `flow`'s queue as its receiver's window and transport take,
+        splitting data at the receiver's maximum packet size."""
+        receiver, link, recipient = self._route(channel, flow)
+        if link is None or recipient is None:
+            return
+        sent = 0
+        queue = flow.queue
+        while queue and receiver not in self._congested:
+            msgnum, payload, done = queue[0]
+            if msgnum not in _DATA_MESSAGES:
+                queue.popleft()
+                flow.extra -= len(payload)
+                link.send(msgnum, _readdressed(recipient, payload))
+                continue
+            start = _data_start(msgnum)
+            left = len(payload) - start - done
+            size = min(left, flow.window, flow.max_packet)
+            if size <= 0 < left:
+                break
+            if size == left and not done:
+                link.send(msgnum, _readdressed(recipient, payload))
+            else:
+                begin = start + done
+                link.send(msgnum, b"".join((_u32(recipient), payload[4 : start - 4], _u32(size),
+                                            memoryview(payload)[begin : begin + size])))
+            if size == left:
+                queue.popleft()
+            else:
+                queue[0] = (msgnum, payload, done + size)
+            flow.window -= size
+            flow.queued -= size
+            sent += size
+        if sent:
+            self._release(channel, flow, sent)
+
+    def _release(self, channel: Channel, flow: Flow, size: int) -> None:
+        """`size` bytes of `flow` left the relay: refill its sender's window, or another's."""
+        self._held -= size
+        self._grant(channel, flow)
+        if self._starved:
+            starved, self._starved = self._starved, {}
+            for other, owner in starved.items():
+                if owner.relay_id in self._channels:
+                    self._grant(owner, other)
+
+    def _grant(self, channel: Channel, flow: Flow) -> None:
+        """Open the sender's window again once at least half of `flow`'s limit is free (what
+        a congested receiver does not take stays queued, so its sender is granted no more),
+        as far as the job's budget goes (the rest once data moves on)."""
+        if channel.client_closed or channel.server_closed or channel.relay_id not in self._channels:
+            return
+        room = flow.limit - flow.granted - flow.queued
+        if 2 * room < flow.limit or room <= 0:
+            return
+        _, link, recipient = self._route(channel, channel.up if flow is channel.down else channel.down)  # the sender
+        amount = min(room, self._budget(flow))
+        if amount < room or link is None or recipient is None:
+            self._starved[flow] = channel
+        if amount <= 0 or link is None or recipient is None:
+            return
+        flow.granted += amount
+        self._held += amount
+        link.send(CHANNEL_WINDOW_ADJUST, _u32(recipient) + _u32(amount))
+
+    def _drop_queue(self, flow: Flow) -> None:
+        self._held -= flow.queued
+        flow.queue.clear()
+        flow.queued = flow.extra = 0
+
     # -- from a client -----------------------------------------------------------------
 
     def from_client(self, client: Client, msgnum: int, payload: bytes) -> None:
         """Handle one connection-layer message from a client connection."""
         if not client.attached:
             return
+        _check_size(msgnum, payload)
         _check_client_message(msgnum, payload)
+        if msgnum in (CHANNEL_OPEN, GLOBAL_REQUEST) and not self._congested.isdisjoint(self._legs):
+            # bypasses the channels' flow control: stop reading this client until the leg drains
+            self._held_readers.add(client)
+            client.link.hold_reading(True)
         if msgnum in _CHANNEL_MESSAGES:
             self._client_channel_message(client, msgnum, payload)
         elif msgnum == CHANNEL_OPEN:
@@ -560,10 +816,9 @@ class Relay:
         if msgnum in (CHANNEL_DATA, CHANNEL_EXTENDED_DATA) and channel.client_eof:
             raise ProtocolViolation(f"data on channel {channel.relay_id} after its EOF")
         if msgnum == CHANNEL_WINDOW_ADJUST:
-            channel.client_window += reader.u32()
-            if channel.client_window > 0xFFFFFFFF:
-                raise ProtocolViolation(f"window adjust overflows the window of channel {channel.relay_id}")
-        elif msgnum == CHANNEL_EOF:
+            self._adjusted(channel, channel.down, reader.u32())
+            return
+        if msgnum == CHANNEL_EOF:
             channel.client_eof = True
         elif msgnum == CHANNEL_REQUEST:
             name = reader.string()
@@ -575,7 +830,7 @@ class Relay:
                 channel.pty_requested = True
         elif msgnum == CHANNEL_CLOSE:
             channel.client_closed = True
-        channel.leg.link.send(msgnum, _readdressed(channel.server_id, payload))
+        self._forward(channel, channel.up, msgnum, payload)
         if msgnum == CHANNEL_CLOSE:
             self._forget_if_done(channel)
 
@@ -614,10 +869,9 @@ class Relay:
                 channel.client.link.send(CHANNEL_CLOSE, _u32(channel.client_id))
                 self._forget(channel)
                 return
-        elif msgnum == CHANNEL_WINDOW_ADJUST:
-            channel.client_window += reader.u32()
-            if channel.client_window > 0xFFFFFFFF:
-                raise ProtocolViolation(f"window adjust overflows the window of channel {channel.relay_id}")
+        elif msgnum == CHANNEL_WINDOW_ADJUST:  # the relay's own flow control takes it, as later on
+            self._adjusted(channel, channel.down, reader.u32())
+            return
         elif msgnum == CHANNEL_EOF:
             channel.client_eof = True
         elif msgnum == CHANNEL_REQUEST:
@@ -659,7 +913,7 @@ class Relay:
                     send(CHANNEL_FAILURE, _u32(channel.client_id))
         end = "\r\n" if channel.pty_requested else "\n"
         note = f"condor-relay: {reason}{end}".encode()
-        if channel.client_window >= len(note):
+        if channel.down.window >= len(note):
             send(CHANNEL_EXTENDED_DATA, _u32(channel.client_id) + _u32(EXTENDED_DATA_STDERR) + _string(note))
         send(CHANNEL_CLOSE, _u32(channel.client_id))
 
@@ -674,7 +928,8 @@ class Relay:
             return
         channel = self._allocate(kind, client, None, client_id=sender, server_id=None)
         channel.open_rest = reader.rest()
-        channel.client_window = _Reader(channel.open_rest).u32()
+        rest = _Reader(channel.open_rest)
+        channel.down.receiver_window(rest.u32(), rest.u32())
         if kind != b"session":
             self._open_on_a_leg(channel)
             return
@@ -698,7 +953,8 @@ class Relay:
                 self._need_leg(owner)
             return
         self._place(channel, leg)
-        leg.link.send(CHANNEL_OPEN, _string(channel.kind) + _u32(channel.relay_id) + channel.open_rest)
+        leg.link.send(CHANNEL_OPEN, _string(channel.kind) + _u32(channel.relay_id)
+                      + self._granted_open(channel, channel.down, channel.open_rest))
 
     def _client_open_reply(self, client: Client, msgnum: int, payload: bytes) -> None:
         reader = _Reader(payload)
@@ -708,8 +964,10 @@ class Relay:
         if msgnum == CHANNEL_OPEN_CONFIRMATION:
             channel.client_id = reader.u32()
             rest = reader.rest()
-            channel.client_window = _Reader(rest).u32()
-            channel.leg.link.send(msgnum, _u32(channel.server_id) + _u32(channel.relay_id) + rest)
+            window = _Reader(rest)
+            channel.down.receiver_window(window.u32(), window.u32())
+            channel.leg.link.send(msgnum, _u32(channel.server_id) + _u32(channel.relay_id)
+                                  + self._granted_open(channel, channel.down, rest))
         else:
             self._forget(channel)
             channel.leg.link.send(msgnum, _u32(channel.server_id) + reader.rest())
@@ -726,6 +984,11 @@ class Relay:
                 client.link.send(REQUEST_FAILURE, b"")
             return
         leg = self._primary()
+        if name.startswith(b"cancel-") and name in _GLOBAL_FIELDS:
+            if leg.forwards.get(_forward_key(name, _Reader(reader.rest()))) is not client:
+                if want_reply:  # not this client's forward: the job's sshd is not asked
+                    client.link.send(REQUEST_FAILURE, b"")
+                return
         if want_reply:
             leg.pending_replies.append((client, name, reader.rest()))
         leg.link.send(GLOBAL_REQUEST, payload)
@@ -734,6 +997,7 @@ class Relay:
 
     def from_leg(self, leg: Leg, msgnum: int, payload: bytes) -> None:
         """Handle one connection-layer message from the job's sshd on `leg`."""
+        _check_size(msgnum, payload)
         if msgnum in _CHANNEL_MESSAGES:
             self._leg_channel_message(leg, msgnum, payload)
         elif msgnum in (CHANNEL_OPEN_CONFIRMATION, CHANNEL_OPEN_FAILURE):
@@ -759,16 +1023,14 @@ class Relay:
 
     def _leg_channel_message(self, leg: Leg, msgnum: int, payload: bytes) -> None:
         channel, reader = self._leg_channel(leg, payload)
-        if msgnum == CHANNEL_EXTENDED_DATA:
-            reader.u32()  # the data type
-        if msgnum in (CHANNEL_DATA, CHANNEL_EXTENDED_DATA):
-            channel.client_window -= reader.u32()  # the data's length
+        if msgnum == CHANNEL_WINDOW_ADJUST:
+            self._adjusted(channel, channel.up, reader.u32())
+            return
         if msgnum == CHANNEL_CLOSE:
             channel.server_closed = True
             if not channel.client.attached:
                 channel.client_closed = True
-        if channel.client.attached and channel.client_id is not None:
-            channel.client.link.send(msgnum, _readdressed(channel.client_id, payload))
+        self._forward(channel, channel.down, msgnum, payload)
         if msgnum == CHANNEL_CLOSE:
             self._forget_if_done(channel)
 
@@ -791,26 +1053,35 @@ class Relay:
             return
         channel.server_id = reader.u32()
         channel.open_rest = b""
+        rest = reader.rest()
+        window = _Reader(rest)
+        channel.up.receiver_window(window.u32(), window.u32())
         if not channel.client.attached:
             channel.client_closed = True
             leg.link.send(CHANNEL_CLOSE, _u32(channel.server_id))
             return
         if channel.held is not None:
-            self._replay(channel, leg, reader.u32())
+            self._replay(channel, rest)
             return
-        channel.client.link.send(msgnum, _u32(channel.client_id) + _u32(channel.relay_id) + reader.rest())
+        channel.client.link.send(msgnum, _u32(channel.client_id) + _u32(channel.relay_id)
+                                 + self._granted_open(channel, channel.up, rest))
 
-    def _replay(self, channel: Channel, leg: Leg, window: int) -> None:
-        """The job confirmed a session the relay had confirmed: its window goes to the client,
-        the held messages to the job, in order."""
+    def _replay(self, channel: Channel, rest: bytes) -> None:
+        """The job confirmed a session the relay had confirmed (with window 0): the window the
+        relay grants goes to the client, the held messages to the job, in order."""
         assert channel.held is not None and channel.server_id is not None
         held, channel.held, channel.held_bytes = channel.held, None, 0
-        if window:
-            channel.client.link.send(CHANNEL_WINDOW_ADJUST, _u32(channel.client_id) + _u32(window))
+        granted = _Reader(self._granted_open(channel, channel.up, rest)).u32()
+        if granted:
+            channel.client.link.send(CHANNEL_WINDOW_ADJUST, _u32(channel.client_id) + _u32(granted))
         for msgnum, payload in held:
             if msgnum == CHANNEL_REQUEST:
                 payload = self._forwarding_checked(channel, payload)
-            leg.link.send(msgnum, _readdressed(channel.server_id, payload))
+            self._forward(channel, channel.up, msgnum, payload)
+        if channel.client_closed:
+            self._forget_if_done(channel)
+        else:
+            self._grant(channel, channel.down)  # the client's adjusts while it was held
 
     def _move_refused_session(self, channel: Channel, leg: Leg) -> None:
         """sshd refused a session beside others: take that as its MaxSessions and retry.
@@ -832,7 +1103,7 @@ class Relay:
         reader = _Reader(payload)
         kind = reader.string()
         sender = reader.u32()
-        reader.u32(), reader.u32()  # window and packet size pass through in the payload
+        window, max_packet = reader.u32(), reader.u32()
         client = self._route_server_open(leg, kind, _Reader(reader.rest()))
         if client is None:
             leg.link.send(
@@ -841,7 +1112,9 @@ class Relay:
             )
             return
         channel = self._allocate(kind, client, leg, client_id=None, server_id=sender)
-        client.link.send(CHANNEL_OPEN, _string(kind) + _u32(channel.relay_id) + payload[len(kind) + 8 :])
+        channel.up.receiver_window(window, max_packet)
+        client.link.send(CHANNEL_OPEN, _string(kind) + _u32(channel.relay_id)
+                         + self._granted_open(channel, channel.up, payload[len(kind) + 8 :]))
 
     @staticmethod
     def _route_server_open(leg: Leg, kind: bytes, extra: _Reader) -> Client | None:
@@ -867,16 +1140,11 @@ class Relay:
 
     def _note_forward(self, leg: Leg, client: Client, name: bytes, request: _Reader, reply: bytes) -> None:
         """Remember which client a successful (cancel-)forward request belongs to."""
-        key: tuple[bytes, int] | bytes
-        if name in (b"tcpip-forward", b"cancel-tcpip-forward"):
-            address, port = request.string(), request.u32()
-            if name == b"tcpip-forward" and port == 0 and len(reply) >= 4:
-                port = _Reader(reply).u32()  # the port the job's sshd picked
-            key = (address, port)
-        elif name in (b"streamlocal-forward@openssh.com", b"cancel-streamlocal-forward@openssh.com"):
-            key = request.string()
-        else:
+        if name not in _GLOBAL_FIELDS:
             return
+        key = _forward_key(name, request)
+        if name == b"tcpip-forward" and isinstance(key, tuple) and key[1] == 0 and len(reply) >= 4:
+            key = (key[0], _Reader(reply).u32())  # the port the job's sshd picked
         if name.startswith(b"cancel-"):
             leg.forwards.pop(key, None)
         elif client.attached:

@@ -17,7 +17,16 @@ missing underneath:
 - after sending DISCONNECT nothing the peer sends is acted on, and `hang_up` chooses how
   the connection ends (the client leg half-closes);
 - no compression: the client leg is a local socket and the job's sshd (HTCondor's
-  template) offers none, so zlib would only cost CPU.
+  template) offers none, so zlib would only cost CPU;
+- rekeying, which Conch leaves to the peer: a new key exchange after REKEY_BYTES (1 GiB)
+  or REKEY_PACKETS (2^28) in either direction under one key, as OpenSSH does, and the
+  connection ends rather than let a sequence number wrap under one key (ChaCha20-Poly1305's
+  nonce is the sequence number);
+- write congestion: the connection is its transport's streaming producer, so `congested`
+  hears when more than IO_SIZE waits to be written to the peer, and when it drained. The
+  relay then holds back what goes to that peer; a peer that is still sent more than
+  CONGESTED_LIMIT meanwhile (answers to requests it floods, while it reads nothing) is
+  dropped.
 """
 
 from __future__ import annotations
@@ -26,6 +35,7 @@ import struct
 
 from twisted.conch.ssh import transport
 from twisted.conch.ssh.common import NS, getNS
+from twisted.logger import Logger
 
 from relayd import packetcrypto
 
@@ -37,6 +47,8 @@ _STRICT_SERVER = b"kex-strict-s-v00@openssh.com"
 # Bytes per read and per send; Twisted's defaults (64 KiB and 128 KiB: two and four
 # 32 KiB packets) cost a reactor round and a system call for every few packets.
 IO_SIZE = 256 * 1024
+CONGESTED_LIMIT = 4 * 1024 * 1024
+log = Logger()
 
 
 class _Algorithms:
@@ -73,6 +85,14 @@ class PacketTransport(transport.SSHTransportBase):
     _initial_kex = True  # until the first NEWKEYS from the peer
     _seen_kexinit = False
     _disconnected = False  # we sent DISCONNECT: nothing the peer sends after it is acted on
+    # Rekeying thresholds, per direction and key; class attributes so that the daemon's
+    # config (a test's) can lower them.
+    rekey_bytes = 1 << 30
+    rekey_packets = 1 << 28
+    max_packets_per_key = 1 << 31  # never reached unless the peer ignores our KEXINIT
+    rekeys = 0  # key re-exchanges completed (either side's)
+    _out_bytes = _out_packets = _in_bytes = _in_packets = 0  # under the current keys
+    _congested_bytes: int | None = None  # sent since the write buffer passed IO_SIZE
 
     def connectionMade(self) -> None:
         strict = _STRICT_CLIENT if self.isClient else _STRICT_SERVER
@@ -80,6 +100,7 @@ class PacketTransport(transport.SSHTransportBase):
         self._sealer = packetcrypto.Plain()
         self.transport.bufferSize = IO_SIZE
         self.transport.SEND_LIMIT = IO_SIZE
+        self.transport.registerProducer(self, True)
         super().connectionMade()  # sends our KEXINIT
         self.currentEncryptions = _Algorithms(b"none", b"none", b"none", b"none")
 
@@ -91,11 +112,51 @@ class PacketTransport(transport.SSHTransportBase):
             return
         self.transport.writeSequence(self._sealer.seal(self.outgoingPacketSequence, messageType, payload))
         self.outgoingPacketSequence = (self.outgoingPacketSequence + 1) & 0xFFFFFFFF
+        self._out_bytes += len(payload)
+        self._out_packets += 1
         if messageType == transport.MSG_NEWKEYS:
             # RFC 4253 7.3: what we send after NEWKEYS uses the new keys.
             self._sealer = self.nextEncryptions.sealer
+            self._out_bytes = self._out_packets = 0
             if self._strict:
                 self.outgoingPacketSequence = 0
+        elif messageType != transport.MSG_KEXINIT:
+            self._check_volume(self._out_bytes, self._out_packets, "sent")
+        if self._congested_bytes is not None and not self._disconnected:
+            self._congested_bytes += len(payload)
+            if self._congested_bytes > CONGESTED_LIMIT:
+                log.warn("{side}: dropped, it reads nothing of what it is sent", side=self._side())
+                self.sendDisconnect(transport.DISCONNECT_PROTOCOL_ERROR, b"not reading what it is sent")
+
+    def _check_volume(self, size: int, packets: int, direction: str) -> None:
+        """Start a key re-exchange once enough went one way under the current keys; end the
+        connection before a sequence number could wrap under them."""
+        if packets >= self.max_packets_per_key and not self._disconnected:
+            self.sendDisconnect(transport.DISCONNECT_PROTOCOL_ERROR, b"too many packets under one key")
+        elif (size >= self.rekey_bytes or packets >= self.rekey_packets) and not self._initial_kex \
+                and self._keyExchangeState == self._KEY_EXCHANGE_NONE and not self._disconnected:
+            log.info("{side}: key re-exchange after {size} bytes and {packets} packets {direction}",
+                     side=self._side(), size=size, packets=packets, direction=direction)
+            self.sendKexInit()
+
+    def _side(self) -> str:
+        return "upstream connection" if self.isClient else "client connection"
+
+    # -- write congestion (IPushProducer, towards our own transport) ---------------------------
+
+    def pauseProducing(self) -> None:
+        self._congested_bytes = 0
+        self.congested(True)
+
+    def resumeProducing(self) -> None:
+        self._congested_bytes = None
+        self.congested(False)
+
+    def stopProducing(self) -> None:
+        pass
+
+    def congested(self, congested: bool) -> None:
+        """More than IO_SIZE waits to be written to the peer (True), or all of it was (False)."""
 
     def sendDisconnect(self, reason: int, desc: bytes) -> None:
         self._disconnected = True
@@ -104,7 +165,13 @@ class PacketTransport(transport.SSHTransportBase):
 
     def hang_up(self) -> None:
         """End the connection once DISCONNECT is on its way."""
+        self.unregister_producer()
         self.transport.loseConnection()
+
+    def unregister_producer(self) -> None:
+        """Before closing: a paused producer would keep the connection open once all is written."""
+        if getattr(self.transport, "producer", None) is self:
+            self.transport.unregisterProducer()
 
     def _keySetup(self, sharedSecret: bytes, exchangeHash: bytes) -> None:
         negotiated = self.nextEncryptions
@@ -179,7 +246,11 @@ class PacketTransport(transport.SSHTransportBase):
         messageNum, payload = self.currentEncryptions.opener.open(seq, packet)
         self._packet_size = None
         self.incomingPacketSequence = (seq + 1) & 0xFFFFFFFF
+        self._in_bytes += len(payload)
+        self._in_packets += 1
         self.dispatchMessage(messageNum, payload)
+        if messageNum != transport.MSG_KEXINIT:
+            self._check_volume(self._in_bytes, self._in_packets, "received")
 
     # -- strict key exchange ---------------------------------------------------------------
 
@@ -202,6 +273,9 @@ class PacketTransport(transport.SSHTransportBase):
             return
         super().dispatchMessage(messageNum, payload)
         if messageNum == transport.MSG_NEWKEYS:
+            if not self._initial_kex:
+                self.rekeys += 1
             self._initial_kex = False
+            self._in_bytes = self._in_packets = 0
             if self._strict:
                 self.incomingPacketSequence = 0

@@ -105,6 +105,9 @@ class _UpstreamTransport(PacketTransport, transport.SSHClientTransport):
     def receiveError(self, reasonCode: int, description: bytes) -> None:
         self.disconnect_reason = description.decode(errors="replace")
 
+    def congested(self, congested: bool) -> None:
+        self._upstream.on_congestion(self._upstream, congested)
+
     def connectionLost(self, reason: Failure | None = None) -> None:
         super().connectionLost(reason)
         self._upstream._lost(self.disconnect_reason, self.refusal)
@@ -125,7 +128,9 @@ class UpstreamConnection:
 
     `on_message(conn, msgnum, payload)` receives its connection-layer messages and
     `on_lost(conn, reason)` is called once when it ends. `traffic` counts its messages
-    (a job's legs share one counter, so status shows the job's total).
+    (a job's legs share one counter, so status shows the job's total). `on_congestion(conn,
+    congested)` hears when more than the write threshold waits for the job's sshd, and when
+    it drained.
     """
 
     def __init__(
@@ -136,6 +141,7 @@ class UpstreamConnection:
         traffic: Traffic | None = None,
     ) -> None:
         self.on_message = on_message
+        self.on_congestion: Callable[[UpstreamConnection, bool], None] = lambda conn, congested: None
         self.traffic = traffic if traffic is not None else Traffic()
         self._on_lost = on_lost
         self._reactor = reactor

@@ -7,6 +7,14 @@ misbehaves as its name says, at the transport level (after the banner, after key
 exchange) or at the connection level (after authentication, on an open session channel).
 One JSON line per case reports whether the daemon dropped the connection and why.
 Twisted Conch, not OpenSSH, because OpenSSH cannot be made to send malformed packets.
+
+Three cases misbehave within the protocol, for the resource tests:
+- "global-request-too-long": a 262,138-byte global request, over the relay's packet
+  layer (AES-GCM, whose padding lets it through the relay's 256 KiB packet limit);
+- "cancel-tcpip-forward:ADDRESS:PORT": cancels a remote forward that another client made;
+  reports the relay's reply;
+- "huge-window-unread": opens a session with a 4 GiB window, runs `cat /dev/zero` and
+  reads nothing for DROP_TIMEOUT seconds.
 """
 
 from __future__ import annotations
@@ -23,6 +31,7 @@ from twisted.internet import defer, protocol, reactor, task
 from twisted.logger import globalLogBeginner, textFileLogObserver
 
 from relayd.protocol import format_connect
+from relayd.sshtransport import PacketTransport
 
 DROP_TIMEOUT = 5.0
 WINDOW_ADJUST, DATA, EXTENDED_DATA, EOF, CLOSE, REQUEST = 93, 94, 95, 96, 97, 98
@@ -78,6 +87,7 @@ MESSAGES: dict[str, Callable[[int], list[tuple[int, bytes]]]] = {
     ],
 }
 RAW_CASES = ("garbage-after-banner", "overlong-banner")
+LONG_REQUEST = 262_138  # payload bytes: one over what sshd takes once re-padded for aes*-ctr
 TRANSPORT_CASES = (*RAW_CASES, "garbage-after-key-exchange")
 
 
@@ -113,6 +123,12 @@ class RogueTransport(transport.SSHClientTransport):
     def connectionSecure(self) -> None:
         if self.case == "garbage-after-key-exchange":
             self.transport.write(os.urandom(4096))
+        elif self.case.startswith("cancel-tcpip-forward:"):
+            _, address, port = self.case.split(":")
+            self.requestService(userauth.SSHUserAuthClient(b"rogue", CancelingConnection(address, int(port),
+                                                                                         self.done)))
+        elif self.case == "huge-window-unread":
+            self.requestService(userauth.SSHUserAuthClient(b"rogue", UnreadConnection()))
         else:
             self.requestService(userauth.SSHUserAuthClient(b"rogue", RogueConnection(MESSAGES[self.case])))
 
@@ -122,6 +138,51 @@ class RogueTransport(transport.SSHClientTransport):
     def connectionLost(self, reason: object = None) -> None:
         if not self.done.called:
             self.done.callback({"case": self.case, "dropped": True, "reason": self.reason})
+
+
+class LongRequestTransport(PacketTransport, RogueTransport):
+    """Sends one global request longer than the job's sshd takes, over the relay's own packet
+    layer: Conch's CTR framing could not carry it past the relay's packet limit."""
+
+    def connectionSecure(self) -> None:
+        name = string(b"x-padding@example.org") + b"\0"
+        padding = b"p" * (LONG_REQUEST - len(name) - 4)
+        self.requestService(userauth.SSHUserAuthClient(
+            b"rogue", RogueConnection(lambda r: [running(r), (GLOBAL_REQUEST, name + string(padding))])))
+
+
+class CancelingConnection(connection.SSHConnection):
+    """Asks the job to stop listening on a port this connection never asked for."""
+
+    def __init__(self, address: str, port: int, done: defer.Deferred[dict[str, object]]) -> None:
+        super().__init__()
+        self._request = string(address.encode()) + u32(port)
+        self._done = done
+
+    def serviceStarted(self) -> None:
+        super().serviceStarted()
+        answer = self.sendGlobalRequest(b"cancel-tcpip-forward", self._request, wantReply=True)
+        answer.addCallbacks(lambda _: "success", lambda _: "failure").addCallback(self._answered)
+
+    def _answered(self, reply: str) -> None:
+        if not self._done.called:
+            self._done.callback({"case": "cancel-tcpip-forward", "dropped": False, "reply": reply})
+
+
+class UnreadConnection(connection.SSHConnection):
+    def serviceStarted(self) -> None:
+        super().serviceStarted()
+        self.openChannel(UnreadSession(conn=self, localWindow=0xFFFFFFFF))
+
+
+class UnreadSession(channel.SSHChannel):
+    """Grants the job 4 GiB of window for `cat /dev/zero`, then stops reading the socket."""
+
+    name = b"session"
+
+    def channelOpen(self, specificData: bytes) -> None:
+        self.conn.sendRequest(self, b"exec", string(b"cat /dev/zero"))
+        self.conn.transport.transport.pauseProducing()
 
 
 class RogueConnection(connection.SSHConnection):
@@ -168,7 +229,9 @@ def open_relayed_socket(socket_path: str, host: str) -> socket.socket:
 
 async def run_case(socket_path: str, host: str, case: str) -> dict[str, object]:
     done: defer.Deferred[dict[str, object]] = defer.Deferred()
-    rogue = (RawRogue if case in RAW_CASES else RogueTransport)(case, done)
+    kind = RawRogue if case in RAW_CASES else LongRequestTransport if case == "global-request-too-long" \
+        else RogueTransport
+    rogue = kind(case, done)
     factory = protocol.Factory.forProtocol(lambda: rogue)
     sock = open_relayed_socket(socket_path, host)
     reactor.adoptStreamConnection(sock.fileno(), socket.AF_UNIX, factory)

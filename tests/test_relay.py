@@ -19,6 +19,10 @@ class Link:
     def __init__(self):
         self.sent = []
         self.disconnected = None
+        self.reading_held = False
+
+    def hold_reading(self, held):
+        self.reading_held = held
 
     def send(self, msgnum, payload):
         self.sent.append((msgnum, payload))
@@ -96,16 +100,14 @@ def test_two_clients_with_the_same_channel_ids_do_not_collide(setup):
     assert a.link.sent == []
 
 
-def test_window_adjust_and_requests_pass_through(setup):
+def test_requests_pass_through_and_window_adjusts_stay_at_the_relay(setup):
     relay, upstream = setup
     a = relay.attach(Link())
     rid = open_session(relay, upstream, a, 3, 7)
+    sent = len(upstream)
     relay.from_client(a, r.CHANNEL_WINDOW_ADJUST, u32(rid) + u32(65536))
     relay.from_client(a, r.CHANNEL_REQUEST, u32(rid) + s(b"exec") + b"\1" + s(b"true"))
-    assert upstream[-2:] == [
-        (r.CHANNEL_WINDOW_ADJUST, u32(7) + u32(65536)),
-        (r.CHANNEL_REQUEST, u32(7) + s(b"exec") + b"\1" + s(b"true")),
-    ]
+    assert upstream[sent:] == [(r.CHANNEL_REQUEST, u32(7) + s(b"exec") + b"\1" + s(b"true"))]
     relay.from_leg(relay.leg, r.CHANNEL_SUCCESS, u32(rid))
     relay.from_leg(relay.leg, r.CHANNEL_REQUEST, u32(rid) + s(b"exit-status") + b"\0" + u32(7))
     exit_status = (r.CHANNEL_REQUEST, u32(3) + s(b"exit-status") + b"\0" + u32(7))
@@ -563,3 +565,170 @@ def test_a_lost_owned_leg_ends_a_session_it_had_not_confirmed_with_the_reason():
     relay.remove_leg(leg)
     assert a.link.sent[0] == (r.CHANNEL_FAILURE, u32(0)) and a.link.sent[-1] == (r.CHANNEL_CLOSE, u32(0))
     assert b"connection to the job lost" in a.link.sent[1][1] and relay.legs == [relay.leg]
+
+# -- flow control: the relay's own windows ---------------------------------------------------
+
+
+def data(recipient, size):
+    return u32(recipient) + s(b"x" * size)
+
+
+TCPIP = s(b"direct-tcpip")
+TCPIP_FIELDS = s(b"localhost") + u32(22) + s(b"127.0.0.1") + u32(40000)
+ID_AT = slice(len(TCPIP), len(TCPIP) + 4)  # in the open the leg gets: the relay's id,
+WINDOW_AT = slice(len(TCPIP) + 4, len(TCPIP) + 8)  # then the window granted the job
+
+
+def tcpip_open(relay, client, window):
+    """A direct-tcpip open, which (unlike a session) the relay passes to the job at once."""
+    relay.from_client(client, r.CHANNEL_OPEN, TCPIP + u32(0) + u32(window) + u32(32768) + TCPIP_FIELDS)
+
+
+def test_the_relay_grants_at_most_its_channel_window(setup):
+    relay, upstream = setup
+    client = relay.attach(Link())
+    tcpip_open(relay, client, 64 << 20)
+    num, payload = upstream.pop()
+    assert payload[WINDOW_AT.start:WINDOW_AT.stop + 4] == u32(r.CHANNEL_WINDOW) + u32(32768)  # not the client's 64 MiB
+    relay_id = struct.unpack(">L", payload[ID_AT])[0]
+    relay.from_leg(relay.leg, r.CHANNEL_OPEN_CONFIRMATION, u32(relay_id) + u32(1) + u32(64 << 20) + u32(32768))
+    assert client.link.sent[-1][1][8:] == u32(r.CHANNEL_WINDOW) + u32(32768)
+
+
+def test_a_job_that_ignores_the_window_is_dropped(setup):
+    relay, upstream = setup
+    client = relay.attach(Link())
+    relay_id = open_session(relay, upstream, client, 0, 1)  # the leg got the client's 2 MiB
+    relay.congested(client, True)  # so the relay grants no more
+    for _ in range(64):
+        relay.from_leg(relay.leg, r.CHANNEL_DATA, data(relay_id, 32768))
+    with pytest.raises(r.ProtocolViolation, match="peer ignored channel window"):
+        relay.from_leg(relay.leg, r.CHANNEL_DATA, data(relay_id, 1))
+
+
+def test_a_client_that_ignores_the_window_is_dropped(setup):
+    relay, upstream = setup
+    client = relay.attach(Link())
+    relay_id = open_session(relay, upstream, client, 0, 1)  # the client got the job's 1 MiB
+    with pytest.raises(r.ProtocolViolation, match="peer ignored channel window"):
+        relay.from_client(client, r.CHANNEL_DATA, data(relay_id, (1 << 20) + 1))
+
+
+def test_data_waits_for_the_receivers_window_and_the_sender_is_refilled_as_it_moves_on(setup):
+    relay, upstream = setup
+    client = relay.attach(Link())
+    tcpip_open(relay, client, 65536)
+    relay_id = struct.unpack(">L", upstream.pop()[1][ID_AT])[0]
+    relay.from_leg(relay.leg, r.CHANNEL_OPEN_CONFIRMATION, u32(relay_id) + u32(1) + u32(1 << 20) + u32(32768))
+    client.link.sent.clear()
+    relay.from_leg(relay.leg, r.CHANNEL_DATA, data(relay_id, 32768))
+    relay.from_leg(relay.leg, r.CHANNEL_DATA, data(relay_id, 32768))
+    relay.from_leg(relay.leg, r.CHANNEL_EOF, u32(relay_id))
+    assert [m for m, _ in client.link.sent] == [r.CHANNEL_DATA, r.CHANNEL_DATA, r.CHANNEL_EOF]
+    # refilled as the data moved on, with no adjust from the client
+    assert [p for m, p in upstream if m == r.CHANNEL_WINDOW_ADJUST] == [u32(1) + u32(32768)] * 2
+    relay.from_leg(relay.leg, r.CHANNEL_DATA, data(relay_id, 100))  # the client's window is spent
+    relay.from_leg(relay.leg, r.CHANNEL_CLOSE, u32(relay_id))
+    assert len(client.link.sent) == 3
+    relay.from_client(client, r.CHANNEL_WINDOW_ADJUST, u32(relay_id) + u32(60))
+    relay.from_client(client, r.CHANNEL_WINDOW_ADJUST, u32(relay_id) + u32(60))
+    assert client.link.sent[3:] == [(r.CHANNEL_DATA, data(0, 60)), (r.CHANNEL_DATA, data(0, 40)),
+                                    (r.CHANNEL_CLOSE, u32(0))]
+
+
+def test_client_data_is_split_at_the_jobs_packet_size(setup):
+    relay, upstream = setup
+    client = relay.attach(Link())
+    relay_id = open_session(relay, upstream, client, 0, 1)  # the job takes 16 KiB packets
+    upstream.clear()
+    relay.from_client(client, r.CHANNEL_DATA, u32(relay_id) + s(bytes(range(256)) * 200))
+    assert [len(p) - 8 for _, p in upstream] == [16384, 16384, 16384, 2048]
+    assert b"".join(p[8:] for _, p in upstream) == bytes(range(256)) * 200
+    assert all(m == r.CHANNEL_DATA and p[:8] == u32(1) + u32(len(p) - 8) for m, p in upstream)
+
+
+def test_a_congested_client_gets_no_more_window_granted_until_it_drains(setup):
+    relay, upstream = setup
+    slow, other = relay.attach(Link()), relay.attach(Link())
+    slow_id = open_session(relay, upstream, slow, 0, 1)
+    other_id = open_session(relay, upstream, other, 0, 2)
+    relay.congested(slow, True)
+    upstream.clear()
+    for _ in range(64):  # the slow client's whole grant, and more for the other client
+        relay.from_leg(relay.leg, r.CHANNEL_DATA, data(slow_id, 32768))
+        relay.from_leg(relay.leg, r.CHANNEL_DATA, data(other_id, 32768))
+    assert len(other.link.sent) == 64 and not [p for m, p in slow.link.sent if m == r.CHANNEL_DATA]
+    adjusts = [p for m, p in upstream if m == r.CHANNEL_WINDOW_ADJUST]
+    assert adjusts and all(p[:4] == u32(2) for p in adjusts)  # the other client's channel only
+    with pytest.raises(r.ProtocolViolation, match="peer ignored channel window"):
+        relay.from_leg(relay.leg, r.CHANNEL_DATA, data(slow_id, 1))
+    relay.congested(slow, False)  # drained: what was held goes on, and the job may send again
+    assert len([m for m, _ in slow.link.sent if m == r.CHANNEL_DATA]) == 64
+    assert upstream[-1][0] == r.CHANNEL_WINDOW_ADJUST and upstream[-1][1][:4] == u32(1)
+
+
+def test_the_jobs_grants_stay_within_its_budget_and_a_reserve_per_channel():
+    harness = Harness(max_sessions=100)
+    relay = harness.relay
+    upstream = []
+    relay.leg = relay.add_leg(LegLink(upstream))
+    stopped = relay.attach(Link())
+    windows = []
+    for _ in range(r.JOB_WINDOW // r.CHANNEL_WINDOW + 2):  # each channel is granted what the job has left
+        tcpip_open(relay, stopped, 2 << 20)
+        windows.append(struct.unpack(">L", upstream[-1][1][WINDOW_AT])[0])
+    # beyond the budget, the least a channel gets, so that it never waits on the others
+    assert windows == [r.CHANNEL_WINDOW] * (r.JOB_WINDOW // r.CHANNEL_WINDOW) + [r.RESERVE] * 2
+    first = struct.unpack(">L", upstream[0][1][ID_AT])[0]
+    relay.from_leg(relay.leg, r.CHANNEL_OPEN_CONFIRMATION, u32(first) + u32(1) + u32(1 << 20) + u32(16384))
+    assert stopped.link.sent[-1][1][8:12] == u32(r.RESERVE)  # the up direction too
+    upstream.clear()
+    for _ in range(16):  # the job sends the client some of what it was granted, which moves on
+        relay.from_leg(relay.leg, r.CHANNEL_DATA, data(first, 16384))
+    # what moved on is granted again, to the channels that got least, down to the budget
+    adjusts = [p for m, p in upstream + stopped.link.sent if m == r.CHANNEL_WINDOW_ADJUST]
+    assert sum(struct.unpack(">L", p[4:])[0] for p in adjusts) == 16 * 16384 - 3 * r.RESERVE
+
+
+def test_a_client_that_opens_towards_a_congested_leg_is_not_read_from_until_it_drains(setup):
+    relay, upstream = setup
+    client = relay.attach(Link())
+    relay.congested(relay.leg, True)
+    relay.from_client(client, r.GLOBAL_REQUEST, s(b"tcpip-forward") + b"\0" + s(b"localhost") + u32(8000))
+    assert client.link.reading_held
+    relay.congested(relay.leg, False)
+    assert not client.link.reading_held
+
+
+def test_messages_that_would_outgrow_the_jobs_packet_limit_are_refused(setup):
+    relay, upstream = setup
+    client = relay.attach(Link())
+    name = s(b"x-flood@example.org") + b"\0"
+    relay.from_client(client, r.GLOBAL_REQUEST, name + s(b"y" * (262_120 - len(name) - 4)))
+    with pytest.raises(r.ProtocolViolation, match="longer than"):
+        relay.from_client(client, r.GLOBAL_REQUEST, name + s(b"y" * (262_138 - len(name) - 4)))
+
+
+def test_only_the_owner_cancels_a_remote_forward(setup):
+    relay, upstream = setup
+    owner, other = relay.attach(Link()), relay.attach(Link())
+    forward = s(b"localhost") + u32(8022)
+    relay.from_client(owner, r.GLOBAL_REQUEST, s(b"tcpip-forward") + b"\1" + forward)
+    relay.from_leg(relay.leg, r.REQUEST_SUCCESS, b"")
+    sent = len(upstream)
+    relay.from_client(other, r.GLOBAL_REQUEST, s(b"cancel-tcpip-forward") + b"\1" + forward)
+    assert other.link.sent == [(r.REQUEST_FAILURE, b"")] and len(upstream) == sent
+    relay.from_client(owner, r.GLOBAL_REQUEST, s(b"cancel-tcpip-forward") + b"\1" + forward)
+    assert upstream[-1] == (r.GLOBAL_REQUEST, s(b"cancel-tcpip-forward") + b"\1" + forward)
+
+
+def test_a_close_queued_behind_data_still_answers_the_clients_close(setup):
+    relay, upstream = setup
+    client = relay.attach(Link())
+    relay_id = open_session(relay, upstream, client, 5, 1)
+    relay.congested(client, True)
+    relay.from_leg(relay.leg, r.CHANNEL_DATA, data(relay_id, 1000))
+    relay.from_leg(relay.leg, r.CHANNEL_CLOSE, u32(relay_id))  # queued behind the data
+    relay.from_client(client, r.CHANNEL_CLOSE, u32(relay_id))  # the client closes on its own
+    assert client.link.sent == [(r.CHANNEL_CLOSE, u32(5))] and relay.channels == 0
+    assert upstream[-1] == (r.CHANNEL_CLOSE, u32(1))

@@ -179,3 +179,43 @@ def test_packets_in_the_read_with_the_banner_do_not_count_as_an_overlong_version
 def test_without_strict_kex_a_message_before_kexinit_is_tolerated():
     wrote = _server_fed(IGNORE, _kexinit(b"curve25519-sha256")).transport
     assert not wrote.write_closed and b"kex-strict-s-v00@openssh.com" in wrote.value()
+
+
+def _after_key_exchange(**limits: int) -> _Recorder:
+    receiver = _Recorder(_keyed(b"aes128-gcm@openssh.com", b"hmac-sha2-256"))
+    receiver._initial_kex = False
+    for name, value in limits.items():
+        setattr(receiver, name, value)
+    return receiver
+
+
+def test_a_key_re_exchange_starts_after_rekey_bytes_received():
+    sender = _keyed(b"aes128-gcm@openssh.com", b"hmac-sha2-256")
+    receiver = _after_key_exchange(rekey_bytes=10_000)
+    receiver.dataReceived(b"".join(b"".join(sender.sealer.seal(seq, 94, b"x" * 4000)) for seq in range(2)))
+    assert receiver._keyExchangeState == receiver._KEY_EXCHANGE_NONE
+    receiver.dataReceived(b"".join(sender.sealer.seal(2, 94, b"x" * 4000)))
+    assert receiver._keyExchangeState == receiver._KEY_EXCHANGE_REQUESTED  # our KEXINIT went out
+    opener = _keyed(b"aes128-gcm@openssh.com", b"hmac-sha2-256").opener
+    assert _open(opener, 0, receiver.transport.value())[0] == 20
+
+
+def test_a_peer_that_never_rekeys_is_dropped_before_a_sequence_number_wraps():
+    sender = _keyed(b"aes128-gcm@openssh.com", b"hmac-sha2-256")
+    receiver = _after_key_exchange(max_packets_per_key=3)
+    receiver._keyExchangeState = receiver._KEY_EXCHANGE_REQUESTED  # our KEXINIT is unanswered
+    receiver.dataReceived(b"".join(b"".join(sender.sealer.seal(seq, 94, b"x")) for seq in range(5)))
+    assert len(receiver.messages) == 3 and receiver.transport.disconnecting
+
+
+def test_a_peer_still_sent_a_lot_while_it_reads_nothing_is_dropped():
+    peer = _after_key_exchange()
+    peer.pauseProducing()  # its socket's write buffer passed IO_SIZE
+    for _ in range(4 * 32):
+        peer.sendPacket(82, b"x" * 32768)  # e.g. answers to requests it floods
+    assert not peer.transport.disconnecting
+    peer.resumeProducing()  # drained: the count starts again
+    peer.pauseProducing()
+    for _ in range(4 * 32 + 1):
+        peer.sendPacket(82, b"x" * 32768)
+    assert peer.transport.disconnecting
