@@ -1,7 +1,7 @@
 """Starting the daemon from the helper when nobody listens on its socket.
 
 So that `relayd ssh-config install` is all a user needs: the first `ssh job-1.0.condor`
-starts `relayd run --on-demand`, which exits again when idle (relayd.idle).
+starts `relayd run --on-demand`, which exits again when idle (relayd.daemon.exit_when_idle).
 
 Race-free: the helper takes an exclusive flock on the start lock in the runtime dir,
 tries the socket again, and only then starts a daemon and waits for it to listen.
@@ -20,8 +20,8 @@ import sys
 import time
 
 from clientconf.progress import ProgressDisplay
-from relayd.paths import UnusablePath, default_paths, private_dir, unsafe_dir
-from relayd.peercred import peer_credentials
+from relayd.common.paths import UnusablePath, default_paths, private_dir, unsafe_dir
+from relayd.common.peercred import peer_credentials
 
 START_TIMEOUT_SECONDS = 30.0
 POLL_SECONDS = 0.05

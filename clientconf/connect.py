@@ -7,7 +7,7 @@ socket to ssh (ProxyUseFdpass) and exits, so no copy process stays in the data p
 With `--stdio` (behind an outer ssh, where no descriptor can be passed), or for a client
 that gave it pipes (paramiko, asyncssh, sshj, Windows' ssh), it copies between
 stdin/stdout and the socket instead. When it fails itself (no daemon, a bad request),
-relayd.refusal tells ssh why over SSH in the daemon's place.
+relayd.ssh.refusal tells ssh why over SSH in the daemon's place.
 
 Its start-up is on every connection's critical path (about 11 ms, 8 of them Python's own),
 so it imports only light stdlib modules: main() parses the command line itself (argparse
@@ -26,8 +26,8 @@ from collections import namedtuple
 
 from clientconf.autostart import StartFailed, start_daemon, try_connect
 from clientconf.progress import TICK_SECONDS, ProgressDisplay
-from relayd.paths import socket_path
-from relayd.protocol import BadRequest, format_connect
+from relayd.common.paths import socket_path
+from relayd.common.protocol import BadRequest, format_connect
 
 EXIT_ERROR = 255  # what ssh itself returns when a connection fails
 
@@ -188,7 +188,7 @@ def _hand_over(sock: _socket.socket, stdio: bool) -> int:
 
 
 def _refuse(message: str, stdio: bool) -> int:
-    """Tell ssh why over SSH: relayd.refusal speaks as the relay on one end of a socket pair,
+    """Tell ssh why over SSH: relayd.ssh.refusal speaks as the relay on one end of a socket pair,
     and ssh gets the other end as it would the daemon's socket. Someone who runs the helper
     by hand at a terminal just reads the message."""
     if os.isatty(1):
@@ -198,12 +198,12 @@ def _refuse(message: str, stdio: bool) -> int:
 
     ours, theirs = _socket.socketpair(_socket.AF_UNIX, _socket.SOCK_STREAM)
     try:
-        subprocess.Popen([sys.executable, "-m", "relayd.refusal", message], stdin=theirs.fileno(),
+        subprocess.Popen([sys.executable, "-m", "relayd.ssh.refusal", message], stdin=theirs.fileno(),
                          stdout=theirs.fileno(), cwd="/", start_new_session=True)
     except OSError as exc:
         ours.close()
         sys.stderr.write(f"condor-relay: {message}\n")
-        sys.stderr.write(f"condor-relay: (could not start relayd.refusal: {exc.strerror or exc})\n")
+        sys.stderr.write(f"condor-relay: (could not start relayd.ssh.refusal: {exc.strerror or exc})\n")
         return EXIT_ERROR
     finally:
         theirs.close()

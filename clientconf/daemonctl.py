@@ -41,7 +41,7 @@ def _request(socket_path: str, line: bytes) -> tuple[socket.socket, str]:
 
 
 def status(socket_path: str) -> dict[str, Any]:
-    """The daemon's status document (see relayd.status)."""
+    """The daemon's status document (see relayd.daemon.status)."""
     sock, reply = _request(socket_path, b"STATUS\n")
     sock.close()
     try:

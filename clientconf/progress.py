@@ -10,7 +10,7 @@ from __future__ import annotations
 import os
 import time
 
-from relayd.humanize import duration
+from relayd.common.humanize import duration
 
 TYPE_CHECKING = False  # as typing.TYPE_CHECKING (type checkers honour it) without importing typing
 if TYPE_CHECKING:

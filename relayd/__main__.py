@@ -1,5 +1,5 @@
 import sys
 
-from relayd.cli import main
+from relayd.cli.main import main
 
 sys.exit(main())

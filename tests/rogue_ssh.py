@@ -30,8 +30,8 @@ from twisted.conch.ssh import channel, connection, transport, userauth
 from twisted.internet import defer, protocol, reactor, task
 from twisted.logger import globalLogBeginner, textFileLogObserver
 
-from relayd.protocol import format_connect
-from relayd.sshtransport import PacketTransport
+from relayd.common.protocol import format_connect
+from relayd.ssh.packet_transport import PacketTransport
 
 DROP_TIMEOUT = 5.0
 WINDOW_ADJUST, DATA, EXTENDED_DATA, EOF, CLOSE, REQUEST = 93, 94, 95, 96, 97, 98

@@ -1,4 +1,4 @@
-"""Every cipher and MAC of relayd.packetcrypto against real OpenSSH, on both legs.
+"""Every cipher and MAC of relayd.ssh.packetcrypto against real OpenSSH, on both legs.
 
 Client leg: `ssh -c CIPHER` / `-m MAC` through the daemon. Job leg: the upstream transport
 against an sshd prepared as the sandbox starter prepares a job's, with its Ciphers and MACs
@@ -20,9 +20,9 @@ import pytest
 from twisted.conch.ssh import keys
 from twisted.internet.epollreactor import EPollReactor
 
-from relayd import packetcrypto
-from relayd.negotiate import Credentials
-from relayd.relay import (
+from relayd.ssh import packetcrypto
+from relayd.condor.negotiate import Credentials
+from relayd.relay.core import (
     CHANNEL_CLOSE,
     CHANNEL_DATA,
     CHANNEL_EOF,
@@ -34,8 +34,8 @@ from relayd.sandbox import pool as sandbox
 from relayd.sandbox.jobuser import JobUser
 from relayd.sandbox.layout import PoolLayout
 from relayd.sandbox.starter import SSHD, SshdSetup, prepare_sshd_dir
-from relayd.trust import NegotiatedKey
-from relayd.upstream import UpstreamConnection
+from relayd.ssh.job_keys import NegotiatedKey
+from relayd.ssh.job_transport import UpstreamConnection
 from tests.conftest import Home, Relay, running_relay, sandbox_pool
 
 AEAD = [c for c in packetcrypto.CIPHERS if packetcrypto.is_aead(c)]

@@ -28,7 +28,7 @@ def _imported(argv: list[str], cwd: Path, **streams: object) -> tuple[subprocess
 
 @pytest.mark.parametrize("helper", [
     [HELPER],
-    ["-c", "import sys; from relayd.cli import main; sys.exit(main(sys.argv[1:]))", "connect"],  # `relayd connect`
+    ["-c", "import sys; from relayd.cli.main import main; sys.exit(main(sys.argv[1:]))", "connect"],  # `relayd connect`
 ], ids=["condor-relay-connect", "relayd connect"])
 def test_the_helper_imports_only_light_standard_modules(relay, tmp_path, helper):
     """On its path to success, as ssh runs it: stdin and stdout one socket that takes the descriptor."""
@@ -44,8 +44,8 @@ def test_the_helper_imports_only_light_standard_modules(relay, tmp_path, helper)
     new = modules - _imported(["-c", "pass"], tmp_path)[1]  # beyond what the interpreter's start-up imports
     ours = {"relayd", "clientconf"}
     assert {m for m in new if m.split(".")[0] not in sys.stdlib_module_names | ours} == set()
-    assert {m for m in new if m.split(".")[0] in ours} - {"relayd.cli"} == {
-        "relayd", "relayd.humanize", "relayd.paths", "relayd.peercred", "relayd.protocol",
+    assert {m for m in new if m.split(".")[0] in ours} - {"relayd.cli", "relayd.cli.main"} == {
+        "relayd", "relayd.common", "relayd.common.humanize", "relayd.common.paths", "relayd.common.peercred", "relayd.common.protocol",
         "clientconf", "clientconf.autostart", "clientconf.connect", "clientconf.progress",
     }
     assert new & SLOW == set()

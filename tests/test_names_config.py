@@ -6,8 +6,8 @@ import pytest
 
 from clientconf import sshconfig
 from relayd.config import Config, ConfigError, parse_config
-from relayd.names import BadHostName, JobName, parse_host
-from relayd.protocol import BadRequest, Capture, Connect, format_connect, parse_request
+from relayd.condor.names import BadHostName, JobName, parse_host
+from relayd.common.protocol import BadRequest, Capture, Connect, format_connect, parse_request
 
 
 @pytest.mark.parametrize(

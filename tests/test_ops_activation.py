@@ -9,7 +9,7 @@ import sys
 from conftest import RELAYD, wait_for
 from opshelpers import daemon_log, status
 
-from relayd.paths import private_dir
+from relayd.common.paths import private_dir
 from relayd.sandbox import pool as sandbox
 
 # What systemd does between fork and exec: the socket becomes fd 3, LISTEN_PID is the child's pid.

@@ -10,7 +10,7 @@ from conftest import wait_for
 from opshelpers import daemon_log
 from twisted.logger import LogLevel
 
-from relayd.logs import default_target, journal_observer
+from relayd.daemon.logs import default_target, journal_observer
 from relayd.sandbox import pool as sandbox
 
 

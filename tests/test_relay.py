@@ -4,7 +4,7 @@ import struct
 
 import pytest
 
-from relayd import relay as r
+from relayd.relay import core as r
 
 
 def u32(v):

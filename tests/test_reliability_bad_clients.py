@@ -19,8 +19,8 @@ import pytest
 from conftest import EchoSession, Relay, wait_for
 from rogue_ssh import MESSAGES, TRANSPORT_CASES
 
-from relayd.control import REQUEST_TIMEOUT
-from relayd.protocol import format_connect
+from relayd.daemon.control import REQUEST_TIMEOUT
+from relayd.common.protocol import format_connect
 from relayd.sandbox import pool as sandbox
 
 MIB = 1024 * 1024

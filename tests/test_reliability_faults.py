@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 from conftest import RELAYD, EchoSession, Relay, assert_fails, negotiator_environments, wait_for
 
-from relayd.names import parse_host
+from relayd.condor.names import parse_host
 from relayd.sandbox import pool as sandbox
 from relayd.sandbox.processes import ProcessId, kill_tree
 

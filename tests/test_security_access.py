@@ -17,7 +17,7 @@ from pathlib import Path
 import pytest
 from conftest import RELAYD, VENV_BIN, Relay, assert_fails, negotiator_environments, wait_for
 
-from relayd.capture_hook import PID_ENV, SOCKET_ENV, TOKEN_ENV
+from relayd.condor.capture_hook import PID_ENV, SOCKET_ENV, TOKEN_ENV
 from relayd.sandbox import pool as sandbox
 from relayd.sandbox import session, sshcmd
 from relayd.sandbox.starter import SSH_KEYGEN

@@ -16,7 +16,7 @@ import pytest
 from conftest import RELAYD, VENV_BIN, Home, Relay, assert_fails, wait_for
 from opshelpers import alive, daemon_log
 
-from relayd.capture_hook import PID_ENV, SOCKET_ENV, TOKEN_ENV
+from relayd.condor.capture_hook import PID_ENV, SOCKET_ENV, TOKEN_ENV
 from relayd.sandbox import session, sshcmd
 from relayd.sandbox.starter import SSH_KEYGEN
 

@@ -12,9 +12,9 @@ from twisted.conch.ssh import keys
 from twisted.internet.task import Clock
 from twisted.internet.testing import StringTransport
 
-from relayd import packetcrypto
-from relayd.downstream import DISCONNECT_LINGER, ClientTransport, ClientTransportFactory
-from relayd.sshtransport import PacketTransport, _Algorithms
+from relayd.ssh import packetcrypto
+from relayd.ssh.client_transport import DISCONNECT_LINGER, ClientTransport, ClientTransportFactory
+from relayd.ssh.packet_transport import PacketTransport, _Algorithms
 
 PAIRS = [(c, b"hmac-sha2-256") for c in packetcrypto.CIPHERS] + [(b"aes128-ctr", m) for m in packetcrypto.MACS]
 KEY, IV, INTEGRITY = os.urandom(64), os.urandom(16), os.urandom(64)

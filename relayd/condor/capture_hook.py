@@ -21,7 +21,7 @@ import shlex
 import socket
 import sys
 
-from relayd.peercred import peer_credentials
+from relayd.common.peercred import peer_credentials
 
 SOCKET_ENV = "CONDOR_RELAY_CAPTURE_SOCKET"
 TOKEN_ENV = "CONDOR_RELAY_CAPTURE_TOKEN"

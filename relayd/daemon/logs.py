@@ -28,7 +28,7 @@ from zope.interface import provider
 
 # Conch's transports log through a class attribute Logger, which takes the namespace of the
 # class it is read from (relayd.upstream._UpstreamTransport, ...), whatever namespace it was given.
-CONCH_NAMESPACES = ("relayd.downstream", "relayd.upstream")
+CONCH_NAMESPACES = ("relayd.ssh.client_transport", "relayd.ssh.job_transport")
 ROTATE_BYTES = 1024 * 1024
 ROTATED_FILES = 4
 

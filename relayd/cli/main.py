@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import sys
 
-from relayd.paths import Paths, default_paths
+from relayd.common.paths import Paths, default_paths
 
 TYPE_CHECKING = False  # as typing.TYPE_CHECKING (type checkers honour it) without importing typing
 if TYPE_CHECKING:
@@ -13,7 +13,7 @@ if TYPE_CHECKING:
     from collections.abc import Callable
 
     from relayd.config import Config
-    from relayd.listing import JobRow
+    from relayd.cli.jobs import JobRow
 
 EXIT_NOT_RUNNING = 3  # as `systemctl status` for a stopped unit
 
@@ -24,7 +24,7 @@ def _paths(args: argparse.Namespace) -> Paths:
 
 
 def cmd_run(args: argparse.Namespace) -> int:
-    from relayd.run import run
+    from relayd.daemon.run import run
 
     return run(_paths(args), verbose=args.verbose, on_demand=args.on_demand, log_to=args.log_to)
 
@@ -40,7 +40,7 @@ def _load_config(paths: Paths) -> Config:
 
 
 def _job_rows(config: Config) -> tuple[list[JobRow], list[str]]:
-    from relayd.listing import list_jobs
+    from relayd.cli.jobs import list_jobs
 
     rows, errors = list_jobs(config)
     for error in errors:
@@ -74,7 +74,7 @@ def cmd_ssh_config(args: argparse.Namespace) -> int:
     paths = _paths(args)
     config = _load_config(paths)
     if args.action == "known-hosts":
-        from relayd.hostkey import load_or_create
+        from relayd.ssh.relay_key import load_or_create
 
         load_or_create(paths.host_key, paths.known_hosts, config.domain)
         sys.stdout.write(paths.known_hosts.read_text())
@@ -134,7 +134,7 @@ def cmd_status(args: argparse.Namespace, socket_path: str) -> int:
     import json
 
     from clientconf.daemonctl import status
-    from relayd.status import render
+    from relayd.daemon.status import render
 
     document = status(socket_path)
     sys.stdout.write(json.dumps(document, indent=2) + "\n" if args.json else render(document))
@@ -154,7 +154,7 @@ def cmd_stop(args: argparse.Namespace, socket_path: str) -> int:
 def cmd_doctor(args: argparse.Namespace) -> int:
     from pathlib import Path
 
-    from relayd.doctor import default_ssh_config, diagnose, report
+    from relayd.cli.doctor import default_ssh_config, diagnose, report
 
     paths = _paths(args)
     ssh_config = Path(args.ssh_config) if args.ssh_config else default_ssh_config()
@@ -164,7 +164,7 @@ def cmd_doctor(args: argparse.Namespace) -> int:
 
 
 def cmd_jobs(args: argparse.Namespace) -> int:
-    from relayd.listing import format_rows
+    from relayd.cli.jobs import format_rows
 
     rows, errors = _job_rows(_load_config(default_paths()))
     if rows:

@@ -2,7 +2,7 @@
 
 SIGTERM, SIGINT and `relayd stop` close every client with a reason and exit; SIGHUP reloads the config
 (a broken one is logged and the running one kept). Started on demand (by the helper or
-by socket activation), the daemon also exits when idle (relayd.idle).
+by socket activation), the daemon also exits when idle (relayd.daemon.exit_when_idle).
 """
 
 from __future__ import annotations
@@ -15,9 +15,9 @@ from twisted.internet.defer import ensureDeferred
 from twisted.internet.task import deferLater
 from twisted.logger import Logger
 
-from relayd.activation import ActivationError, systemd_socket
+from relayd.daemon.activation import ActivationError, systemd_socket
 from relayd.config import ConfigError, load_config
-from relayd.paths import Paths, UnusablePath
+from relayd.common.paths import Paths, UnusablePath
 
 SHUTDOWN_GRACE_SECONDS = 3.0  # for disconnect messages to reach the clients
 log = Logger()
@@ -33,9 +33,9 @@ def run(paths: Paths, verbose: bool = False, on_demand: bool = False, log_to: st
     from twisted.internet import reactor
     from twisted.internet.error import CannotListenError
 
-    from relayd.daemon import AlreadyRunning, RelayDaemon
-    from relayd.idle import IdleExit
-    from relayd.logs import default_target, start_logging
+    from relayd.daemon.service import AlreadyRunning, RelayDaemon
+    from relayd.daemon.exit_when_idle import IdleExit
+    from relayd.daemon.logs import default_target, start_logging
 
     if passed is not None:
         paths = paths.with_socket(passed.path)

@@ -2,7 +2,7 @@
 
 Two sources share one code path: the htcondor2 bindings (a real schedd) and the sandbox
 pool's table. Both return job ads as plain dicts with HTCondor's attribute names, their
-strings already stripped of control characters (relayd.termsafe), and `assess` turns an
+strings already stripped of control characters (relayd.common.termsafe), and `assess` turns an
 ad into what the relay should do. Lookups block: the daemon runs them in a thread.
 """
 
@@ -15,9 +15,9 @@ from enum import Enum
 from typing import Any, Iterable, Protocol
 
 from relayd.config import Config, ScheddConfig
-from relayd.humanize import duration
-from relayd.names import JobName
-from relayd.termsafe import htcondor_text
+from relayd.common.humanize import duration
+from relayd.condor.names import JobName
+from relayd.common.termsafe import htcondor_text
 
 IDLE, RUNNING, REMOVED, COMPLETED, HELD, TRANSFERRING_OUTPUT, SUSPENDED = range(1, 8)
 SCHEDULER_UNIVERSE, GRID_UNIVERSE, PARALLEL_UNIVERSE = 7, 9, 11

@@ -16,10 +16,10 @@ from twisted.internet import defer, protocol
 from twisted.internet.interfaces import IReactorSocket
 from twisted.python.failure import Failure
 
-from relayd.negotiate import Credentials, NegotiationFailed
-from relayd.sshtransport import PacketTransport
-from relayd.traffic import Traffic
-from relayd.trust import HostKeyRefused
+from relayd.condor.negotiate import Credentials, NegotiationFailed
+from relayd.ssh.packet_transport import PacketTransport
+from relayd.ssh.traffic import Traffic
+from relayd.ssh.job_keys import HostKeyRefused
 
 
 class _NegotiatedKeyAuth(userauth.SSHUserAuthClient):

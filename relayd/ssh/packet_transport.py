@@ -4,7 +4,7 @@
 bases. It keeps Conch's key exchange and message dispatch and replaces what is slow or
 missing underneath:
 
-- the algorithms of relayd.packetcrypto (AES-GCM, chacha20-poly1305, EtM HMACs), in place
+- the algorithms of relayd.ssh.packetcrypto (AES-GCM, chacha20-poly1305, EtM HMACs), in place
   of Conch's SSHCiphers;
 - receiving: Conch appends every read to one bytes buffer and slices the rest off after
   each packet, copying the remainder once per packet (quadratic in the read size); here a
@@ -37,7 +37,7 @@ from twisted.conch.ssh import transport
 from twisted.conch.ssh.common import NS, getNS
 from twisted.logger import Logger
 
-from relayd import packetcrypto
+from relayd.ssh import packetcrypto
 
 # Key exchange messages (RFC 4253 section 12): all that strict kex lets through before
 # the first NEWKEYS, with DISCONNECT.

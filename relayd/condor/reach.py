@@ -15,13 +15,13 @@ from dataclasses import dataclass
 from twisted.internet import task, threads
 
 from relayd.config import Config, ScheddConfig
-from relayd.ec2 import connect_instance
-from relayd.humanize import duration
-from relayd.jobs import Progress
-from relayd.lookup import Action, Ad, JobSource, assess, find, make_source
-from relayd.names import JobName
-from relayd.negotiate import Captures, Credentials, NegotiationFailed, Negotiator
-from relayd.paths import Paths
+from relayd.condor.ec2 import connect_instance
+from relayd.common.humanize import duration
+from relayd.daemon.job_session import Progress
+from relayd.condor.lookup import Action, Ad, JobSource, assess, find, make_source
+from relayd.condor.names import JobName
+from relayd.condor.negotiate import Captures, Credentials, NegotiationFailed, Negotiator
+from relayd.common.paths import Paths
 
 RETRY_INTERVAL = 2.0  # between retries of a job that is starting up
 # A waiting client is told how long it has waited this often: each report is a line on its

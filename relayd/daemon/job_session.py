@@ -19,11 +19,11 @@ from twisted.internet import defer
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 
-from relayd.names import JobName
-from relayd.negotiate import Credentials, NegotiationFailed
-from relayd.relay import Client, ClientLink, Leg, ProtocolViolation, Relay
-from relayd.traffic import Traffic
-from relayd.upstream import UpstreamConnection
+from relayd.condor.names import JobName
+from relayd.condor.negotiate import Credentials, NegotiationFailed
+from relayd.relay.core import Client, ClientLink, Leg, ProtocolViolation, Relay
+from relayd.ssh.traffic import Traffic
+from relayd.ssh.job_transport import UpstreamConnection
 
 log = Logger()
 

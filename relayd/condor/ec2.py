@@ -13,10 +13,10 @@ from pathlib import Path
 from twisted.conch.ssh import keys
 from twisted.internet import threads
 
-from relayd.lookup import Ad
-from relayd.names import JobName
-from relayd.negotiate import Credentials, NegotiationFailed
-from relayd.trust import TrustOnFirstUse
+from relayd.condor.lookup import Ad
+from relayd.condor.names import JobName
+from relayd.condor.negotiate import Credentials, NegotiationFailed
+from relayd.ssh.job_keys import TrustOnFirstUse
 
 CONNECT_TIMEOUT = 30.0
 

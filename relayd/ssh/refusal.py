@@ -1,4 +1,4 @@
-"""`python -m relayd.refusal MESSAGE`: tell an ssh client over SSH why it cannot connect.
+"""`python -m relayd.ssh.refusal MESSAGE`: tell an ssh client over SSH why it cannot connect.
 
 The helper runs this when it fails before the daemon could take the connection (no daemon
 could be started, a bad request): on its stdin/stdout, which are ssh's connection, it
@@ -41,10 +41,10 @@ def serve(message: str) -> int:
     """Refuse the SSH client on stdin/stdout with `message`."""
     from twisted.internet import reactor
 
-    from relayd.downstream import ClientTransportFactory
+    from relayd.ssh.client_transport import ClientTransportFactory
     from relayd.config import Config, ConfigError, load_config
-    from relayd.hostkey import load_or_create
-    from relayd.paths import UnusablePath, default_paths, private_dir
+    from relayd.ssh.relay_key import load_or_create
+    from relayd.common.paths import UnusablePath, default_paths, private_dir
 
     paths = default_paths()
     try:

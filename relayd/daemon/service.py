@@ -14,22 +14,22 @@ from twisted.internet.task import deferLater
 from twisted.logger import Logger
 
 from relayd.config import Config
-from relayd.control import ControlFactory, UserError
-from relayd.downstream import ClientTransportFactory
-from relayd.hostkey import load_or_create
-from relayd.jobs import JobSession, Progress
-from relayd.lookup import JobSource, LookupFailed, find, left_running
-from relayd.names import BadHostName, JobName, parse_host
-from relayd.negotiate import Captures, Credentials, NegotiationFailed
-from relayd.paths import Paths, private_dir
-from relayd.protocol import Connect
-from relayd.reach import Reacher, Request
-from relayd.sshtransport import PacketTransport
-from relayd.trust import NegotiatedKey
-from relayd.watch import JobWatcher
+from relayd.daemon.control import ControlFactory, UserError
+from relayd.ssh.client_transport import ClientTransportFactory
+from relayd.ssh.relay_key import load_or_create
+from relayd.daemon.job_session import JobSession, Progress
+from relayd.condor.lookup import JobSource, LookupFailed, find, left_running
+from relayd.condor.names import BadHostName, JobName, parse_host
+from relayd.condor.negotiate import Captures, Credentials, NegotiationFailed
+from relayd.common.paths import Paths, private_dir
+from relayd.common.protocol import Connect
+from relayd.condor.reach import Reacher, Request
+from relayd.ssh.packet_transport import PacketTransport
+from relayd.ssh.job_keys import NegotiatedKey
+from relayd.daemon.job_watch import JobWatcher
 
 if TYPE_CHECKING:
-    from relayd.control import ControlConnection
+    from relayd.daemon.control import ControlConnection
 
 log = Logger()
 

@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import Callable, Iterator
 
 from relayd.config import Config, ConfigError, load_config
-from relayd.paths import Paths, unsafe_dir
+from relayd.common.paths import Paths, unsafe_dir
 
 MIN_OPENSSH = (6, 5)  # ProxyUseFdpass
 LOOKUP_TIMEOUT_SECONDS = 15.0
@@ -109,7 +109,7 @@ def default_ssh_config() -> Path:
 
 
 def check_negotiator(config: Config) -> Iterator[Finding]:
-    from relayd.negotiate import NegotiationFailed, hook_path
+    from relayd.condor.negotiate import NegotiationFailed, hook_path
 
     tool = config.negotiator_path()
     if tool is None:
@@ -146,8 +146,8 @@ def _with_timeout(call: Callable[[], object], seconds: float) -> object:
 
 def check_job_lookup(config: Config) -> Iterator[Finding]:
     """Ask the job source about a job that cannot exist: it must answer, not fail."""
-    from relayd.lookup import make_source
-    from relayd.names import JobName
+    from relayd.condor.lookup import make_source
+    from relayd.condor.names import JobName
 
     if config.job_lookup == "none":
         yield _ok("job lookup", "job_lookup: none (condor_ssh_to_job's own messages only)")
@@ -207,7 +207,7 @@ def check_permissions(paths: Paths, domain: str) -> Iterator[Finding]:
     if paths.host_key.exists() and paths.known_hosts.exists():
         from twisted.conch.ssh import keys
 
-        from relayd.hostkey import pin_line
+        from relayd.ssh.relay_key import pin_line
 
         try:
             public = keys.Key.fromFile(str(paths.host_key)).public()
@@ -221,7 +221,7 @@ def check_permissions(paths: Paths, domain: str) -> Iterator[Finding]:
 
 def check_daemon(socket_path: str) -> Finding:
     from clientconf.daemonctl import DaemonError, NotRunning, status
-    from relayd.humanize import duration
+    from relayd.common.humanize import duration
 
     try:
         document = status(socket_path)

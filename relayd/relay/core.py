@@ -63,7 +63,7 @@ from collections import deque
 from dataclasses import dataclass, field
 from typing import Callable, Protocol
 
-from relayd.packetcrypto import MAX_PAYLOAD
+from relayd.ssh.packetcrypto import MAX_PAYLOAD
 
 GLOBAL_REQUEST = 80
 REQUEST_SUCCESS = 81

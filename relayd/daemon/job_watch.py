@@ -14,8 +14,8 @@ from typing import Callable, Iterable
 from twisted.internet import defer, task, threads
 from twisted.logger import Logger
 
-from relayd.jobs import JobSession
-from relayd.lookup import JobSource, LookupFailed, find, left_running
+from relayd.daemon.job_session import JobSession
+from relayd.condor.lookup import JobSource, LookupFailed, find, left_running
 
 log = Logger()
 

@@ -1,7 +1,7 @@
 """Negotiation: drive condor_ssh_to_job with the capture hook and collect what it hands over.
 
 `condor_ssh_to_job -ssh <hook> [-name S] [-pool P] JOB` does the schedd and starter work;
-the hook (relayd.capture_hook) sends the daemon the session's key, the job sshd's public
+the hook (relayd.condor.capture_hook) sends the daemon the session's key, the job sshd's public
 key, the user and the TCP socket to sshd. condor_ssh_to_job's stderr and exit status
 become the user's error message when it fails.
 """
@@ -24,11 +24,11 @@ from twisted.internet import defer, error, protocol
 from twisted.internet.interfaces import IReactorProcess, IReactorTime
 from twisted.logger import Logger
 
-from relayd.capture_hook import PID_ENV, SOCKET_ENV, TOKEN_ENV
+from relayd.condor.capture_hook import PID_ENV, SOCKET_ENV, TOKEN_ENV
 from relayd.config import ScheddConfig
-from relayd.names import JobName
-from relayd.termsafe import htcondor_text
-from relayd.trust import HostKeyPolicy, NegotiatedKey
+from relayd.condor.names import JobName
+from relayd.common.termsafe import htcondor_text
+from relayd.ssh.job_keys import HostKeyPolicy, NegotiatedKey
 
 log = Logger()
 _MAX_STDERR = 64 * 1024

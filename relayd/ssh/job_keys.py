@@ -12,8 +12,8 @@ from typing import Protocol
 
 from twisted.conch.ssh import keys
 
-from relayd.hostkey import write_private
-from relayd.paths import UnusablePath
+from relayd.ssh.relay_key import write_private
+from relayd.common.paths import UnusablePath
 
 
 class HostKeyRefused(Exception):

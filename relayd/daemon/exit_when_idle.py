@@ -18,8 +18,8 @@ from typing import Callable
 from twisted.internet.interfaces import IDelayedCall
 from twisted.logger import Logger
 
-from relayd import humanize
-from relayd.daemon import RelayDaemon
+from relayd.common import humanize
+from relayd.daemon.service import RelayDaemon
 
 log = Logger()
 LOCK_RETRY_SECONDS = 1.0

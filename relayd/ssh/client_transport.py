@@ -18,10 +18,10 @@ from twisted.conch.ssh.common import NS, getNS
 from twisted.internet import interfaces
 from twisted.python.failure import Failure
 
-from relayd.jobs import JobSession
-from relayd.relay import CHANNEL_CLOSE, Client, ProtocolViolation
-from relayd.sshtransport import PacketTransport
-from relayd.traffic import Traffic
+from relayd.daemon.job_session import JobSession
+from relayd.relay.core import CHANNEL_CLOSE, Client, ProtocolViolation
+from relayd.ssh.packet_transport import PacketTransport
+from relayd.ssh.traffic import Traffic
 
 DISCONNECT_LINGER = 5.0  # seconds a disconnected client has to hang up before the relay drops it
 # How long the relay waits for a client to close the sessions it closed (so that their last
@@ -104,7 +104,7 @@ class ClientTransport(PacketTransport, transport.SSHServerTransport):
         self.unregister_producer()
         self.transport.loseWriteConnection()
         # abort, not lose: a client that reads nothing would keep unsent bytes, and so us, waiting
-        # (standard I/O, relayd.refusal's transport, cannot abort: losing it is as good there)
+        # (standard I/O, relayd.ssh.refusal's transport, cannot abort: losing it is as good there)
         end = getattr(self.transport, "abortConnection", self.transport.loseConnection)
         self._linger = self.factory.reactor.callLater(DISCONNECT_LINGER, end)
 

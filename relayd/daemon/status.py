@@ -11,13 +11,13 @@ import time
 from typing import TYPE_CHECKING, Any
 
 from relayd import __version__
-from relayd.humanize import duration, size
-from relayd.tables import table
+from relayd.common.humanize import duration, size
+from relayd.cli.tables import table
 
 if TYPE_CHECKING:
-    from relayd.control import ControlConnection
-    from relayd.daemon import RelayDaemon
-    from relayd.jobs import JobSession
+    from relayd.daemon.control import ControlConnection
+    from relayd.daemon.service import RelayDaemon
+    from relayd.daemon.job_session import JobSession
 
 
 def _rounded(seconds: float) -> float:

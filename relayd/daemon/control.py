@@ -8,7 +8,7 @@
 
 A CONNECT is answered OK at once and the socket carries SSH from then on: the daemon
 resolves and reaches the job while ssh does its key exchange with the relay, and tells the
-user how that goes through SSH (see relayd.downstream), which reaches them wherever the
+user how that goes through SSH (see relayd.ssh.client_transport), which reaches them wherever the
 helper's stderr goes. A request (and a capture's payload) must be complete within
 REQUEST_TIMEOUT: the helper and the hook send theirs at once.
 """
@@ -27,9 +27,9 @@ from twisted.logger import Logger
 from twisted.python.failure import Failure
 from zope.interface import implementer
 
-from relayd import humanize
-from relayd.peercred import peer_credentials
-from relayd.protocol import (
+from relayd.common import humanize
+from relayd.common.peercred import peer_credentials
+from relayd.common.protocol import (
     MAX_CAPTURE_PAYLOAD,
     MAX_REQUEST_LINE,
     BadRequest,
@@ -40,12 +40,12 @@ from relayd.protocol import (
     parse_request,
     reply,
 )
-from relayd.status import snapshot
+from relayd.daemon.status import snapshot
 
 if TYPE_CHECKING:
-    from relayd.daemon import RelayDaemon
-    from relayd.downstream import ClientTransport
-    from relayd.traffic import Traffic
+    from relayd.daemon.service import RelayDaemon
+    from relayd.ssh.client_transport import ClientTransport
+    from relayd.ssh.traffic import Traffic
 
 log = Logger()
 
