@@ -20,15 +20,12 @@ import sys
 import time
 
 from clientconf.progress import ProgressDisplay
-from relayd.common.paths import UnusablePath, default_paths, private_dir, unsafe_dir
+from relayd.common.errors import StartFailed, UnusablePath
+from relayd.common.paths import default_paths, private_dir, unsafe_dir
 from relayd.common.peercred import peer_credentials
 
 START_TIMEOUT_SECONDS = 30.0
 POLL_SECONDS = 0.05
-
-
-class StartFailed(Exception):
-    """The daemon could not be reached or started; the message says why (its own output included)."""
 
 
 def try_connect(socket_path: str) -> _socket.socket | None:

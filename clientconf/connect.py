@@ -24,10 +24,11 @@ import stat
 import sys
 from collections import namedtuple
 
-from clientconf.autostart import StartFailed, start_daemon, try_connect
+from clientconf.autostart import start_daemon, try_connect
 from clientconf.progress import TICK_SECONDS, ProgressDisplay
+from relayd.common.errors import BadRequest, StartFailed
 from relayd.common.paths import socket_path
-from relayd.common.protocol import BadRequest, format_connect
+from relayd.common.protocol import format_connect
 
 EXIT_ERROR = 255  # what ssh itself returns when a connection fails
 

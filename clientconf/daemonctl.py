@@ -6,16 +6,10 @@ import json
 import socket
 from typing import Any
 
+from relayd.common.errors import DaemonError, NotRunning
+
 REPLY_TIMEOUT_SECONDS = 10.0
 STOP_TIMEOUT_SECONDS = 15.0
-
-
-class NotRunning(Exception):
-    """No daemon listens on the socket."""
-
-
-class DaemonError(Exception):
-    """The daemon answered with an error, or not in the protocol."""
 
 
 def _request(socket_path: str, line: bytes) -> tuple[socket.socket, str]:

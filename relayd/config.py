@@ -12,12 +12,10 @@ from typing import Any
 
 import yaml
 
+from relayd.common.errors import ConfigError
+
 JOB_LOOKUPS = ("htcondor", "sandbox", "none")
 LABEL_PATTERN = re.compile(r"[a-z][a-z0-9_-]{0,62}", re.ASCII)  # as in host names
-
-
-class ConfigError(ValueError):
-    """A config file that cannot be used; the message names the file, line and key."""
 
 
 @dataclass(frozen=True)

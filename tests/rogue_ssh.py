@@ -22,7 +22,6 @@ from __future__ import annotations
 import json
 import os
 import socket
-import struct
 import sys
 from typing import Callable
 
@@ -34,16 +33,13 @@ from relayd.common.protocol import format_connect
 from relayd.ssh.packet_transport import PacketTransport
 
 DROP_TIMEOUT = 5.0
-WINDOW_ADJUST, DATA, EXTENDED_DATA, EOF, CLOSE, REQUEST = 93, 94, 95, 96, 97, 98
-GLOBAL_REQUEST, CHANNEL_OPEN = 80, 90
-
-
-def u32(value: int) -> bytes:
-    return struct.pack(">L", value)
-
-
-def string(value: bytes) -> bytes:
-    return u32(len(value)) + value
+from relayd.relay.wire import CHANNEL_CLOSE as CLOSE
+from relayd.relay.wire import CHANNEL_DATA as DATA
+from relayd.relay.wire import CHANNEL_EOF as EOF
+from relayd.relay.wire import CHANNEL_EXTENDED_DATA as EXTENDED_DATA
+from relayd.relay.wire import CHANNEL_OPEN, GLOBAL_REQUEST, string, u32
+from relayd.relay.wire import CHANNEL_REQUEST as REQUEST
+from relayd.relay.wire import CHANNEL_WINDOW_ADJUST as WINDOW_ADJUST
 
 
 def request(recipient: int, name: bytes, data: bytes) -> tuple[int, bytes]:

@@ -15,7 +15,7 @@ import sys
 
 from twisted.conch.ssh import factory, keys, service, transport, userauth
 from twisted.conch.ssh.common import NS, getNS
-from twisted.internet import protocol, reactor, task
+from twisted.internet import reactor, task
 
 CHANNEL_OPEN, OPEN_CONFIRMATION, DATA, REQUEST, SUCCESS = 90, 91, 94, 98, 99
 CHUNK = b"z" * 32768

@@ -20,9 +20,8 @@ import pytest
 from twisted.conch.ssh import keys
 from twisted.internet.epollreactor import EPollReactor
 
-from relayd.ssh import packetcrypto
 from relayd.condor.negotiate import Credentials
-from relayd.relay.core import (
+from relayd.relay.wire import (
     CHANNEL_CLOSE,
     CHANNEL_DATA,
     CHANNEL_EOF,
@@ -30,10 +29,14 @@ from relayd.relay.core import (
     CHANNEL_OPEN_CONFIRMATION,
     CHANNEL_REQUEST,
 )
+from relayd.relay.wire import (
+    string as _string,
+)
 from relayd.sandbox import pool as sandbox
 from relayd.sandbox.jobuser import JobUser
 from relayd.sandbox.layout import PoolLayout
 from relayd.sandbox.starter import SSHD, SshdSetup, prepare_sshd_dir
+from relayd.ssh import packetcrypto
 from relayd.ssh.job_keys import NegotiatedKey
 from relayd.ssh.job_transport import UpstreamConnection
 from tests.conftest import Home, Relay, running_relay, sandbox_pool
@@ -159,10 +162,6 @@ class _Exec:
         elif msgnum == CHANNEL_CLOSE:
             connection.send(CHANNEL_CLOSE, self.server)
             connection.close("done")
-
-
-def _string(value: bytes) -> bytes:
-    return struct.pack(">L", len(value)) + value
 
 
 def _cat_through_upstream(job_sshd, ciphers: str | None = None, macs: str | None = None) -> UpstreamConnection:

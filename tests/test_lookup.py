@@ -5,7 +5,8 @@ from __future__ import annotations
 import classad2
 import pytest
 
-from relayd.condor.lookup import Action, HTCondorSource, LookupFailed, ad_to_dict, assess, job_constraint, left_running
+from relayd.common.errors import LookupFailed
+from relayd.condor.lookup import Action, HTCondorSource, ad_to_dict, assess, job_constraint, left_running
 from relayd.condor.names import JobName
 
 NOW = 1_800_000_000

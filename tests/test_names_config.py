@@ -5,9 +5,10 @@ from pathlib import Path
 import pytest
 
 from clientconf import sshconfig
-from relayd.config import Config, ConfigError, parse_config
-from relayd.condor.names import BadHostName, JobName, parse_host
-from relayd.common.protocol import BadRequest, Capture, Connect, format_connect, parse_request
+from relayd.common.errors import BadHostName, BadRequest, ConfigError
+from relayd.common.protocol import Capture, Connect, format_connect, parse_request
+from relayd.condor.names import JobName, parse_host
+from relayd.config import Config, parse_config
 
 
 @pytest.mark.parametrize(

@@ -4,15 +4,12 @@ import struct
 
 import pytest
 
+from relayd.common import errors
 from relayd.relay import core as r
+from relayd.relay import state as st
+from relayd.relay import wire as w
 
-
-def u32(v):
-    return struct.pack(">L", v)
-
-
-def s(b):
-    return u32(len(b)) + b
+u32, s = w.u32, w.string
 
 
 class Link:
@@ -62,15 +59,15 @@ def setup():
 
 def session_open(relay, client, client_id, window=2 << 20):
     """The client opens a session, which the relay confirms itself as sshd does: its relay id."""
-    relay.from_client(client, r.CHANNEL_OPEN, s(b"session") + u32(client_id) + u32(window) + u32(32768))
+    relay.from_client(client, w.CHANNEL_OPEN, s(b"session") + u32(client_id) + u32(window) + u32(32768))
     num, payload = client.link.sent.pop()
-    assert num == r.CHANNEL_OPEN_CONFIRMATION and payload[:4] == u32(client_id)
+    assert num == w.CHANNEL_OPEN_CONFIRMATION and payload[:4] == u32(client_id)
     assert payload[8:] == u32(0) + u32(32768)  # no window until the session starts
     return struct.unpack(">L", payload[4:8])[0]
 
 
 def request(relay, client, relay_id, name, want_reply=False, data=b""):
-    relay.from_client(client, r.CHANNEL_REQUEST, u32(relay_id) + s(name) + bytes([want_reply]) + data)
+    relay.from_client(client, w.CHANNEL_REQUEST, u32(relay_id) + s(name) + bytes([want_reply]) + data)
 
 
 def open_session(relay, upstream, client, client_id, server_id, leg=None):
@@ -78,11 +75,11 @@ def open_session(relay, upstream, client, client_id, server_id, leg=None):
     relay_id = session_open(relay, client, client_id)
     request(relay, client, relay_id, b"shell")
     num, payload = upstream.pop()
-    assert (num, payload) == (r.CHANNEL_OPEN, s(b"session") + u32(relay_id) + u32(2 << 20) + u32(32768))
-    relay.from_leg(leg or relay.leg, r.CHANNEL_OPEN_CONFIRMATION,
+    assert (num, payload) == (w.CHANNEL_OPEN, s(b"session") + u32(relay_id) + u32(2 << 20) + u32(32768))
+    relay.from_leg(leg or relay.leg, w.CHANNEL_OPEN_CONFIRMATION,
                    u32(relay_id) + u32(server_id) + u32(1 << 20) + u32(16384))
-    assert upstream.pop() == (r.CHANNEL_REQUEST, u32(server_id) + s(b"shell") + b"\0")
-    assert client.link.sent.pop() == (r.CHANNEL_WINDOW_ADJUST, u32(client_id) + u32(1 << 20))
+    assert upstream.pop() == (w.CHANNEL_REQUEST, u32(server_id) + s(b"shell") + b"\0")
+    assert client.link.sent.pop() == (w.CHANNEL_WINDOW_ADJUST, u32(client_id) + u32(1 << 20))
     return relay_id
 
 
@@ -92,11 +89,11 @@ def test_two_clients_with_the_same_channel_ids_do_not_collide(setup):
     ra = open_session(relay, upstream, a, 0, 100)
     rb = open_session(relay, upstream, b, 0, 101)
     assert ra != rb
-    relay.from_client(a, r.CHANNEL_DATA, u32(ra) + s(b"from a"))
-    relay.from_client(b, r.CHANNEL_DATA, u32(rb) + s(b"from b"))
-    assert upstream[-2:] == [(r.CHANNEL_DATA, u32(100) + s(b"from a")), (r.CHANNEL_DATA, u32(101) + s(b"from b"))]
-    relay.from_leg(relay.leg, r.CHANNEL_EXTENDED_DATA, u32(rb) + u32(1) + s(b"err"))
-    assert b.link.sent == [(r.CHANNEL_EXTENDED_DATA, u32(0) + u32(1) + s(b"err"))]
+    relay.from_client(a, w.CHANNEL_DATA, u32(ra) + s(b"from a"))
+    relay.from_client(b, w.CHANNEL_DATA, u32(rb) + s(b"from b"))
+    assert upstream[-2:] == [(w.CHANNEL_DATA, u32(100) + s(b"from a")), (w.CHANNEL_DATA, u32(101) + s(b"from b"))]
+    relay.from_leg(relay.leg, w.CHANNEL_EXTENDED_DATA, u32(rb) + u32(1) + s(b"err"))
+    assert b.link.sent == [(w.CHANNEL_EXTENDED_DATA, u32(0) + u32(1) + s(b"err"))]
     assert a.link.sent == []
 
 
@@ -105,23 +102,23 @@ def test_requests_pass_through_and_window_adjusts_stay_at_the_relay(setup):
     a = relay.attach(Link())
     rid = open_session(relay, upstream, a, 3, 7)
     sent = len(upstream)
-    relay.from_client(a, r.CHANNEL_WINDOW_ADJUST, u32(rid) + u32(65536))
-    relay.from_client(a, r.CHANNEL_REQUEST, u32(rid) + s(b"exec") + b"\1" + s(b"true"))
-    assert upstream[sent:] == [(r.CHANNEL_REQUEST, u32(7) + s(b"exec") + b"\1" + s(b"true"))]
-    relay.from_leg(relay.leg, r.CHANNEL_SUCCESS, u32(rid))
-    relay.from_leg(relay.leg, r.CHANNEL_REQUEST, u32(rid) + s(b"exit-status") + b"\0" + u32(7))
-    exit_status = (r.CHANNEL_REQUEST, u32(3) + s(b"exit-status") + b"\0" + u32(7))
-    assert a.link.sent == [(r.CHANNEL_SUCCESS, u32(3)), exit_status]
+    relay.from_client(a, w.CHANNEL_WINDOW_ADJUST, u32(rid) + u32(65536))
+    relay.from_client(a, w.CHANNEL_REQUEST, u32(rid) + s(b"exec") + b"\1" + s(b"true"))
+    assert upstream[sent:] == [(w.CHANNEL_REQUEST, u32(7) + s(b"exec") + b"\1" + s(b"true"))]
+    relay.from_leg(relay.leg, w.CHANNEL_SUCCESS, u32(rid))
+    relay.from_leg(relay.leg, w.CHANNEL_REQUEST, u32(rid) + s(b"exit-status") + b"\0" + u32(7))
+    exit_status = (w.CHANNEL_REQUEST, u32(3) + s(b"exit-status") + b"\0" + u32(7))
+    assert a.link.sent == [(w.CHANNEL_SUCCESS, u32(3)), exit_status]
 
 
 def test_close_from_both_sides_frees_the_channel(setup):
     relay, upstream = setup
     a = relay.attach(Link())
     rid = open_session(relay, upstream, a, 0, 9)
-    relay.from_leg(relay.leg, r.CHANNEL_CLOSE, u32(rid))
+    relay.from_leg(relay.leg, w.CHANNEL_CLOSE, u32(rid))
     assert relay.channels == 1
-    relay.from_client(a, r.CHANNEL_CLOSE, u32(rid))
-    assert upstream[-1] == (r.CHANNEL_CLOSE, u32(9))
+    relay.from_client(a, w.CHANNEL_CLOSE, u32(rid))
+    assert upstream[-1] == (w.CHANNEL_CLOSE, u32(9))
     assert relay.channels == 0
 
 
@@ -131,9 +128,9 @@ def test_detached_client_closes_its_channels_upstream(setup):
     ra = open_session(relay, upstream, a, 0, 10)
     open_session(relay, upstream, b, 0, 11)
     relay.detach(a)
-    assert upstream[-1] == (r.CHANNEL_CLOSE, u32(10))
-    relay.from_leg(relay.leg, r.CHANNEL_DATA, u32(ra) + s(b"late"))  # dropped, not sent to b
-    relay.from_leg(relay.leg, r.CHANNEL_CLOSE, u32(ra))
+    assert upstream[-1] == (w.CHANNEL_CLOSE, u32(10))
+    relay.from_leg(relay.leg, w.CHANNEL_DATA, u32(ra) + s(b"late"))  # dropped, not sent to b
+    relay.from_leg(relay.leg, w.CHANNEL_CLOSE, u32(ra))
     assert b.link.sent == [] and relay.channels == 1 and relay.clients == 1
 
 
@@ -142,11 +139,11 @@ def test_open_pending_when_client_leaves_is_closed_on_confirmation(setup):
     a = relay.attach(Link())
     rid = session_open(relay, a, 0, window=1000)
     request(relay, a, rid, b"exec", data=s(b"true"))
-    assert upstream[-1][0] == r.CHANNEL_OPEN
+    assert upstream[-1][0] == w.CHANNEL_OPEN
     relay.detach(a)
-    relay.from_leg(relay.leg, r.CHANNEL_OPEN_CONFIRMATION, u32(rid) + u32(5) + u32(1000) + u32(1000))
-    assert upstream[-1] == (r.CHANNEL_CLOSE, u32(5))
-    relay.from_leg(relay.leg, r.CHANNEL_CLOSE, u32(rid))
+    relay.from_leg(relay.leg, w.CHANNEL_OPEN_CONFIRMATION, u32(rid) + u32(5) + u32(1000) + u32(1000))
+    assert upstream[-1] == (w.CHANNEL_CLOSE, u32(5))
+    relay.from_leg(relay.leg, w.CHANNEL_CLOSE, u32(rid))
     assert relay.channels == 0
 
 
@@ -154,27 +151,27 @@ def test_foreign_channel_is_a_protocol_violation(setup):
     relay, upstream = setup
     a, b = relay.attach(Link()), relay.attach(Link())
     ra = open_session(relay, upstream, a, 0, 1)
-    with pytest.raises(r.ProtocolViolation):
-        relay.from_client(b, r.CHANNEL_DATA, u32(ra) + s(b"sneaky"))
-    with pytest.raises(r.ProtocolViolation):
-        relay.from_client(b, r.CHANNEL_DATA, b"\0")
+    with pytest.raises(errors.ProtocolViolation):
+        relay.from_client(b, w.CHANNEL_DATA, u32(ra) + s(b"sneaky"))
+    with pytest.raises(errors.ProtocolViolation):
+        relay.from_client(b, w.CHANNEL_DATA, b"\0")
 
 
 def test_keepalive_is_answered_locally_and_hostkeys_are_not_passed_on(setup):
     relay, upstream = setup
     a = relay.attach(Link())
-    relay.from_client(a, r.GLOBAL_REQUEST, s(b"keepalive@openssh.com") + b"\1")
-    assert a.link.sent == [(r.REQUEST_FAILURE, b"")] and upstream == []
-    relay.from_leg(relay.leg, r.GLOBAL_REQUEST, s(b"hostkeys-00@openssh.com") + b"\0" + s(b"key"))
-    assert a.link.sent == [(r.REQUEST_FAILURE, b"")] and upstream == []
+    relay.from_client(a, w.GLOBAL_REQUEST, s(b"keepalive@openssh.com") + b"\1")
+    assert a.link.sent == [(w.REQUEST_FAILURE, b"")] and upstream == []
+    relay.from_leg(relay.leg, w.GLOBAL_REQUEST, s(b"hostkeys-00@openssh.com") + b"\0" + s(b"key"))
+    assert a.link.sent == [(w.REQUEST_FAILURE, b"")] and upstream == []
 
 
 def test_no_more_sessions_applies_to_that_client_only(setup):
     relay, upstream = setup
     a, b = relay.attach(Link()), relay.attach(Link())
-    relay.from_client(a, r.GLOBAL_REQUEST, s(b"no-more-sessions@openssh.com") + b"\0")
-    relay.from_client(a, r.CHANNEL_OPEN, s(b"session") + u32(4) + u32(1) + u32(1))
-    assert a.link.sent[-1][0] == r.CHANNEL_OPEN_FAILURE and upstream == []
+    relay.from_client(a, w.GLOBAL_REQUEST, s(b"no-more-sessions@openssh.com") + b"\0")
+    relay.from_client(a, w.CHANNEL_OPEN, s(b"session") + u32(4) + u32(1) + u32(1))
+    assert a.link.sent[-1][0] == w.CHANNEL_OPEN_FAILURE and upstream == []
     assert relay.channels == 0
     open_session(relay, upstream, b, 0, 1)
 
@@ -182,27 +179,27 @@ def test_no_more_sessions_applies_to_that_client_only(setup):
 def test_remote_forward_channels_go_to_the_client_that_asked(setup):
     relay, upstream = setup
     a, b = relay.attach(Link()), relay.attach(Link())
-    relay.from_client(a, r.GLOBAL_REQUEST, s(b"tcpip-forward") + b"\1" + s(b"localhost") + u32(0))
-    relay.from_client(b, r.GLOBAL_REQUEST, s(b"tcpip-forward") + b"\1" + s(b"localhost") + u32(8022))
-    relay.from_leg(relay.leg, r.REQUEST_SUCCESS, u32(40001))  # a's, with the allocated port
-    relay.from_leg(relay.leg, r.REQUEST_SUCCESS, b"")
-    assert a.link.sent == [(r.REQUEST_SUCCESS, u32(40001))] and b.link.sent == [(r.REQUEST_SUCCESS, b"")]
+    relay.from_client(a, w.GLOBAL_REQUEST, s(b"tcpip-forward") + b"\1" + s(b"localhost") + u32(0))
+    relay.from_client(b, w.GLOBAL_REQUEST, s(b"tcpip-forward") + b"\1" + s(b"localhost") + u32(8022))
+    relay.from_leg(relay.leg, w.REQUEST_SUCCESS, u32(40001))  # a's, with the allocated port
+    relay.from_leg(relay.leg, w.REQUEST_SUCCESS, b"")
+    assert a.link.sent == [(w.REQUEST_SUCCESS, u32(40001))] and b.link.sent == [(w.REQUEST_SUCCESS, b"")]
     extra = s(b"localhost") + u32(40001) + s(b"127.0.0.1") + u32(5555)
-    relay.from_leg(relay.leg, r.CHANNEL_OPEN, s(b"forwarded-tcpip") + u32(77) + u32(1000) + u32(500) + extra)
+    relay.from_leg(relay.leg, w.CHANNEL_OPEN, s(b"forwarded-tcpip") + u32(77) + u32(1000) + u32(500) + extra)
     num, payload = a.link.sent[-1]
-    assert num == r.CHANNEL_OPEN and payload.endswith(u32(1000) + u32(500) + extra)
+    assert num == w.CHANNEL_OPEN and payload.endswith(u32(1000) + u32(500) + extra)
     rid = struct.unpack(">L", payload[19:23])[0]
-    relay.from_client(a, r.CHANNEL_OPEN_CONFIRMATION, u32(rid) + u32(12) + u32(2000) + u32(600))
-    assert upstream[-1] == (r.CHANNEL_OPEN_CONFIRMATION, u32(77) + u32(rid) + u32(2000) + u32(600))
+    relay.from_client(a, w.CHANNEL_OPEN_CONFIRMATION, u32(rid) + u32(12) + u32(2000) + u32(600))
+    assert upstream[-1] == (w.CHANNEL_OPEN_CONFIRMATION, u32(77) + u32(rid) + u32(2000) + u32(600))
     relay.detach(a)  # the job stops listening for a client that is gone
-    assert (r.GLOBAL_REQUEST, s(b"cancel-tcpip-forward") + b"\0" + s(b"localhost") + u32(40001)) in upstream
+    assert (w.GLOBAL_REQUEST, s(b"cancel-tcpip-forward") + b"\0" + s(b"localhost") + u32(40001)) in upstream
 
 
 def test_unroutable_server_open_is_refused(setup):
     relay, upstream = setup
     relay.attach(Link())
-    relay.from_leg(relay.leg, r.CHANNEL_OPEN, s(b"auth-agent@openssh.com") + u32(3) + u32(1) + u32(1))
-    assert upstream[-1][0] == r.CHANNEL_OPEN_FAILURE and upstream[-1][1][:4] == u32(3)
+    relay.from_leg(relay.leg, w.CHANNEL_OPEN, s(b"auth-agent@openssh.com") + u32(3) + u32(1) + u32(1))
+    assert upstream[-1][0] == w.CHANNEL_OPEN_FAILURE and upstream[-1][1][:4] == u32(3)
 
 
 def test_shutdown_disconnects_every_client(setup):
@@ -215,7 +212,7 @@ def test_shutdown_disconnects_every_client(setup):
     assert len(upstream) == sent and relay.channels == 0 and relay.clients == 0
     # the open session hears why (a ControlMaster's mux client sees nothing else), then closes
     note = b"condor-relay: job 1.0 completed\n"
-    assert a.link.sent[-2:] == [(r.CHANNEL_EXTENDED_DATA, u32(0) + u32(1) + s(note)), (r.CHANNEL_CLOSE, u32(0))]
+    assert a.link.sent[-2:] == [(w.CHANNEL_EXTENDED_DATA, u32(0) + u32(1) + s(note)), (w.CHANNEL_CLOSE, u32(0))]
     assert (a.link.closing, b.link.closing) == (1, 0)
 
 
@@ -228,20 +225,20 @@ def test_sessions_beyond_max_sessions_wait_for_another_leg():
     for i in range(3):
         request(relay, client, session_open(relay, client, i, window=100), b"shell")
     assert len(first) == 2 and harness.legs_wanted == 1
-    relay.from_client(client, r.CHANNEL_OPEN, s(b"direct-tcpip") + u32(9) + u32(100) + u32(100) + s(b"h") + u32(1)
+    relay.from_client(client, w.CHANNEL_OPEN, s(b"direct-tcpip") + u32(9) + u32(100) + u32(100) + s(b"h") + u32(1)
                       + s(b"o") + u32(2))
     assert len(first) == 3 and first[-1][1].startswith(s(b"direct-tcpip"))  # not limited by MaxSessions
     second = []
     leg2 = relay.add_leg(LegLink(second))
     assert len(second) == 1 and second[0][1].startswith(s(b"session"))
     rid = struct.unpack(">L", second[0][1][11:15])[0]
-    relay.from_leg(leg2, r.CHANNEL_OPEN_CONFIRMATION, u32(rid) + u32(0) + u32(100) + u32(100))
-    assert client.link.sent[-1] == (r.CHANNEL_WINDOW_ADJUST, u32(2) + u32(100))
-    assert second[-1] == (r.CHANNEL_REQUEST, u32(0) + s(b"shell") + b"\0")
-    with pytest.raises(r.ProtocolViolation):  # a leg may only speak for its own channels
-        relay.from_leg(relay.legs[0], r.CHANNEL_DATA, u32(rid) + s(b"x"))
-    relay.from_client(client, r.CHANNEL_CLOSE, u32(rid))
-    relay.from_leg(leg2, r.CHANNEL_CLOSE, u32(rid))
+    relay.from_leg(leg2, w.CHANNEL_OPEN_CONFIRMATION, u32(rid) + u32(0) + u32(100) + u32(100))
+    assert client.link.sent[-1] == (w.CHANNEL_WINDOW_ADJUST, u32(2) + u32(100))
+    assert second[-1] == (w.CHANNEL_REQUEST, u32(0) + s(b"shell") + b"\0")
+    with pytest.raises(errors.ProtocolViolation):  # a leg may only speak for its own channels
+        relay.from_leg(relay.legs[0], w.CHANNEL_DATA, u32(rid) + s(b"x"))
+    relay.from_client(client, w.CHANNEL_CLOSE, u32(rid))
+    relay.from_leg(leg2, w.CHANNEL_CLOSE, u32(rid))
     assert harness.idle == [leg2]
 
 
@@ -256,10 +253,10 @@ def test_waiting_sessions_fail_when_no_leg_can_be_made():
     request(relay, client, rid, b"shell", want_reply=True)
     relay.leg_failed("job 1.0: too many negotiations")
     note = b"condor-relay: job 1.0: too many negotiations\r\n"  # the pty is in raw mode
-    assert client.link.sent[-3:] == [(r.CHANNEL_FAILURE, u32(1)), (r.CHANNEL_EXTENDED_DATA, u32(1) + u32(1) + s(note)),
-                                     (r.CHANNEL_CLOSE, u32(1))]
-    relay.from_client(client, r.CHANNEL_WINDOW_ADJUST, u32(rid) + u32(100))  # sent before it saw the close
-    relay.from_client(client, r.CHANNEL_CLOSE, u32(rid))
+    assert client.link.sent[-3:] == [(w.CHANNEL_FAILURE, u32(1)), (w.CHANNEL_EXTENDED_DATA, u32(1) + u32(1) + s(note)),
+                                     (w.CHANNEL_CLOSE, u32(1))]
+    relay.from_client(client, w.CHANNEL_WINDOW_ADJUST, u32(rid) + u32(100))  # sent before it saw the close
+    relay.from_client(client, w.CHANNEL_CLOSE, u32(rid))
     assert relay.channels == 1
 
 
@@ -268,7 +265,7 @@ def test_lost_leg_closes_its_channels_towards_clients(setup):
     a = relay.attach(Link())
     open_session(relay, upstream, a, 5, 50)
     relay.remove_leg(relay.leg)
-    assert a.link.sent[-1] == (r.CHANNEL_CLOSE, u32(5)) and relay.channels == 0
+    assert a.link.sent[-1] == (w.CHANNEL_CLOSE, u32(5)) and relay.channels == 0
 
 
 def test_a_session_refused_beside_others_moves_to_another_leg():
@@ -280,11 +277,11 @@ def test_a_session_refused_beside_others_moves_to_another_leg():
     open_session(relay, first, client, 0, 10)
     rid = session_open(relay, client, 1, window=100)
     request(relay, client, rid, b"shell")
-    relay.from_leg(leg1, r.CHANNEL_OPEN_FAILURE, u32(rid) + u32(2) + s(b"open failed") + s(b""))
+    relay.from_leg(leg1, w.CHANNEL_OPEN_FAILURE, u32(rid) + u32(2) + s(b"open failed") + s(b""))
     assert harness.legs_wanted == 1 and leg1.capacity == 1  # the job's sshd allows 1 here
     second = []
     relay.add_leg(LegLink(second))
-    assert second[-1] == (r.CHANNEL_OPEN, s(b"session") + u32(rid) + u32(100) + u32(32768))
+    assert second[-1] == (w.CHANNEL_OPEN, s(b"session") + u32(rid) + u32(100) + u32(32768))
 
 
 def test_a_burst_of_sessions_negotiates_legs_side_by_side():
@@ -296,9 +293,9 @@ def test_a_burst_of_sessions_negotiates_legs_side_by_side():
         request(relay, client, session_open(relay, client, i, window=100), b"shell")
     assert harness.legs_wanted == 3  # 5 waiting opens fill three more legs, asked for at once
     relay.leg_failed("the starter refused")  # the two legs still coming take four of them
-    refused = [p for n, p in client.link.sent if n == r.CHANNEL_CLOSE]
+    refused = [p for n, p in client.link.sent if n == w.CHANNEL_CLOSE]
     assert [p[:4] for p in refused] == [u32(6)]  # the most recent one
-    relay.from_client(client, r.CHANNEL_CLOSE, u32(6))
+    relay.from_client(client, w.CHANNEL_CLOSE, u32(6))
     for _ in range(2):
         sent = []
         relay.add_leg(LegLink(sent))
@@ -315,9 +312,9 @@ def test_shutdown_leaves_a_session_with_a_full_window_to_the_disconnect_message(
     relay_id = open_session(relay, upstream, client, 0, 1)
     chunk = b"x" * 32768
     for _ in range((2 << 20) // len(chunk)):  # a download fills the client's whole window
-        relay.from_leg(relay.leg, r.CHANNEL_DATA, u32(relay_id) + s(chunk))
+        relay.from_leg(relay.leg, w.CHANNEL_DATA, u32(relay_id) + s(chunk))
     relay.shutdown("connection to job 1.0 lost")
-    assert client.link.sent[-1][0] == r.CHANNEL_DATA  # no note (no room for it), no close
+    assert client.link.sent[-1][0] == w.CHANNEL_DATA  # no note (no room for it), no close
     assert client.link.disconnected == "connection to job 1.0 lost" and client.link.closing == 0
 
 
@@ -352,10 +349,10 @@ def forwarding_session(harness, client, client_id, server_id, name=AGENT, data=b
     assert harness.wanted[-1] is client and harness.shared == []
     request(harness.relay, client, rid, b"shell")
     leg, sent = harness.owned_leg(client)
-    assert leg.owner is client and sent[0][0] == r.CHANNEL_OPEN
-    harness.relay.from_leg(leg, r.CHANNEL_OPEN_CONFIRMATION, u32(rid) + u32(server_id) + u32(0) + u32(32768))
-    assert sent[1:] == [(r.CHANNEL_REQUEST, u32(server_id) + s(name) + bytes([want_reply]) + data),
-                        (r.CHANNEL_REQUEST, u32(server_id) + s(b"shell") + b"\0")]
+    assert leg.owner is client and sent[0][0] == w.CHANNEL_OPEN
+    harness.relay.from_leg(leg, w.CHANNEL_OPEN_CONFIRMATION, u32(rid) + u32(server_id) + u32(0) + u32(32768))
+    assert sent[1:] == [(w.CHANNEL_REQUEST, u32(server_id) + s(name) + bytes([want_reply]) + data),
+                        (w.CHANNEL_REQUEST, u32(server_id) + s(b"shell") + b"\0")]
     return rid, leg, sent
 
 
@@ -369,9 +366,9 @@ def test_two_clients_forwarding_their_agents_get_a_leg_each_and_only_their_own_a
     # the job's processes in each session reach their own client's agent, whoever asked last
     for leg, sent, owner, other in ((leg_a, sent_a, a, b), (leg_b, sent_b, b, a)):
         before = len(other.link.sent)
-        relay.from_leg(leg, r.CHANNEL_OPEN, s(b"auth-agent@openssh.com") + u32(7) + u32(4096) + u32(1024))
+        relay.from_leg(leg, w.CHANNEL_OPEN, s(b"auth-agent@openssh.com") + u32(7) + u32(4096) + u32(1024))
         num, payload = owner.link.sent[-1]
-        assert num == r.CHANNEL_OPEN and payload.startswith(s(b"auth-agent@openssh.com"))
+        assert num == w.CHANNEL_OPEN and payload.startswith(s(b"auth-agent@openssh.com"))
         assert len(other.link.sent) == before
 
 
@@ -381,11 +378,11 @@ def test_x11_channels_go_to_the_owner_of_the_leg_only():
     a, plain = relay.attach(Link()), relay.attach(Link())
     open_session(relay, harness.shared, plain, 0, 1)
     _, leg, sent = forwarding_session(harness, a, 0, 100, name=b"x11-req", data=X11, want_reply=True)
-    relay.from_leg(leg, r.CHANNEL_OPEN, s(b"x11") + u32(8) + u32(4096) + u32(1024) + s(b"127.0.0.1") + u32(40000))
-    assert a.link.sent[-1][0] == r.CHANNEL_OPEN and plain.link.sent == []
+    relay.from_leg(leg, w.CHANNEL_OPEN, s(b"x11") + u32(8) + u32(4096) + u32(1024) + s(b"127.0.0.1") + u32(40000))
+    assert a.link.sent[-1][0] == w.CHANNEL_OPEN and plain.link.sent == []
     # on the shared leg nobody forwards X11: such a channel is refused
-    relay.from_leg(relay.leg, r.CHANNEL_OPEN, s(b"x11") + u32(9) + u32(4096) + u32(1024) + s(b"127.0.0.1") + u32(1))
-    assert harness.shared[-1][0] == r.CHANNEL_OPEN_FAILURE and plain.link.sent == []
+    relay.from_leg(relay.leg, w.CHANNEL_OPEN, s(b"x11") + u32(9) + u32(4096) + u32(1024) + s(b"127.0.0.1") + u32(1))
+    assert harness.shared[-1][0] == w.CHANNEL_OPEN_FAILURE and plain.link.sent == []
 
 
 def test_a_plain_session_never_goes_on_an_owned_leg():
@@ -398,8 +395,8 @@ def test_a_plain_session_never_goes_on_an_owned_leg():
             open_session(relay, harness.shared, client, 10 + i, 20 + i)
     assert leg.sessions == 1 and len(sent) == 3
     # global requests stay on the shared leg too
-    relay.from_client(a, r.GLOBAL_REQUEST, s(b"tcpip-forward") + b"\1" + s(b"localhost") + u32(0))
-    assert harness.shared[-1][0] == r.GLOBAL_REQUEST and len(sent) == 3
+    relay.from_client(a, w.GLOBAL_REQUEST, s(b"tcpip-forward") + b"\1" + s(b"localhost") + u32(0))
+    assert harness.shared[-1][0] == w.GLOBAL_REQUEST and len(sent) == 3
 
 
 def test_an_owners_second_forwarding_session_reuses_its_leg():
@@ -409,7 +406,7 @@ def test_an_owners_second_forwarding_session_reuses_its_leg():
     _, leg, sent = forwarding_session(harness, a, 0, 100)
     rid = session_open(relay, a, 1)
     request(relay, a, rid, AGENT)
-    assert harness.wanted == [] and sent[-1] == (r.CHANNEL_OPEN, s(b"session") + u32(rid) + u32(2 << 20) + u32(32768))
+    assert harness.wanted == [] and sent[-1] == (w.CHANNEL_OPEN, s(b"session") + u32(rid) + u32(2 << 20) + u32(32768))
 
 
 def test_the_owner_leaving_closes_its_leg_and_a_finished_session_too():
@@ -417,18 +414,18 @@ def test_the_owner_leaving_closes_its_leg_and_a_finished_session_too():
     relay = harness.relay
     a, b = relay.attach(Link()), relay.attach(Link())
     _, leg_a, sent_a = forwarding_session(harness, a, 0, 100)
-    relay.from_leg(leg_a, r.CHANNEL_OPEN, s(b"auth-agent@openssh.com") + u32(7) + u32(4096) + u32(1024))
+    relay.from_leg(leg_a, w.CHANNEL_OPEN, s(b"auth-agent@openssh.com") + u32(7) + u32(4096) + u32(1024))
     relay.detach(a)
     assert harness.idle == [leg_a] and leg_a not in relay.legs
     assert len(sent_a) == 3  # nothing more is said on it: it is closed
     # b's leg goes once its session (and the agent channel in it) have closed
     rid, leg_b, _ = forwarding_session(harness, b, 0, 200)
-    relay.from_leg(leg_b, r.CHANNEL_OPEN, s(b"auth-agent@openssh.com") + u32(8) + u32(4096) + u32(1024))
+    relay.from_leg(leg_b, w.CHANNEL_OPEN, s(b"auth-agent@openssh.com") + u32(8) + u32(4096) + u32(1024))
     agent_rid = struct.unpack(">L", b.link.sent[-1][1][26:30])[0]
-    relay.from_client(b, r.CHANNEL_OPEN_CONFIRMATION, u32(agent_rid) + u32(5) + u32(4096) + u32(1024))
+    relay.from_client(b, w.CHANNEL_OPEN_CONFIRMATION, u32(agent_rid) + u32(5) + u32(4096) + u32(1024))
     for relay_id in (rid, agent_rid):
-        relay.from_leg(leg_b, r.CHANNEL_CLOSE, u32(relay_id))
-        relay.from_client(b, r.CHANNEL_CLOSE, u32(relay_id))
+        relay.from_leg(leg_b, w.CHANNEL_CLOSE, u32(relay_id))
+        relay.from_client(b, w.CHANNEL_CLOSE, u32(relay_id))
         assert (leg_b in relay.legs) == (relay_id == rid)
     assert harness.idle == [leg_a, leg_b] and relay.legs == [relay.leg]
 
@@ -454,18 +451,18 @@ def test_requests_are_replayed_in_order_and_their_replies_reach_the_client():
             (b"env", False, s(b"LANG") + s(b"C")), (b"exec", True, s(b"xterm"))]
     for name, want_reply, data in held:
         request(relay, a, rid, name, want_reply, data)
-    relay.from_client(a, r.CHANNEL_EOF, u32(rid))  # ssh -n: EOF may come before the job confirms
+    relay.from_client(a, w.CHANNEL_EOF, u32(rid))  # ssh -n: EOF may come before the job confirms
     leg, sent = harness.owned_leg(a)
     assert a.link.sent == [] and len(sent) == 1
-    relay.from_leg(leg, r.CHANNEL_OPEN_CONFIRMATION, u32(rid) + u32(42) + u32(0) + u32(32768))
-    assert sent[1:] == [(r.CHANNEL_REQUEST, u32(42) + s(n) + bytes([w]) + d) for n, w, d in held] + [
-        (r.CHANNEL_EOF, u32(42))]
+    relay.from_leg(leg, w.CHANNEL_OPEN_CONFIRMATION, u32(rid) + u32(42) + u32(0) + u32(32768))
+    assert sent[1:] == [(w.CHANNEL_REQUEST, u32(42) + s(n) + bytes([want]) + d) for n, want, d in held] + [
+        (w.CHANNEL_EOF, u32(42))]
     assert a.link.sent == []  # the job's confirmation is consumed; its window was 0
-    for reply in (r.CHANNEL_SUCCESS, r.CHANNEL_FAILURE, r.CHANNEL_SUCCESS):
+    for reply in (w.CHANNEL_SUCCESS, w.CHANNEL_FAILURE, w.CHANNEL_SUCCESS):
         relay.from_leg(leg, reply, u32(rid))
-    relay.from_leg(leg, r.CHANNEL_WINDOW_ADJUST, u32(rid) + u32(2 << 20))  # sshd starts the session
-    assert a.link.sent == [(r.CHANNEL_SUCCESS, u32(3)), (r.CHANNEL_FAILURE, u32(3)), (r.CHANNEL_SUCCESS, u32(3)),
-                           (r.CHANNEL_WINDOW_ADJUST, u32(3) + u32(2 << 20))]
+    relay.from_leg(leg, w.CHANNEL_WINDOW_ADJUST, u32(rid) + u32(2 << 20))  # sshd starts the session
+    assert a.link.sent == [(w.CHANNEL_SUCCESS, u32(3)), (w.CHANNEL_FAILURE, u32(3)), (w.CHANNEL_SUCCESS, u32(3)),
+                           (w.CHANNEL_WINDOW_ADJUST, u32(3) + u32(2 << 20))]
 
 
 def test_a_refused_open_fails_the_awaited_requests_and_says_why():
@@ -477,12 +474,12 @@ def test_a_refused_open_fails_the_awaited_requests_and_says_why():
     request(relay, a, rid, b"env", False, s(b"LANG") + s(b"C"))
     request(relay, a, rid, b"shell", True)
     leg, sent = harness.owned_leg(a)
-    relay.from_leg(leg, r.CHANNEL_OPEN_FAILURE, u32(rid) + u32(2) + s(b"open failed") + s(b""))
+    relay.from_leg(leg, w.CHANNEL_OPEN_FAILURE, u32(rid) + u32(2) + s(b"open failed") + s(b""))
     note = b"condor-relay: the job refused the session: open failed\n"
-    assert a.link.sent == [(r.CHANNEL_FAILURE, u32(3)), (r.CHANNEL_FAILURE, u32(3)),
-                           (r.CHANNEL_EXTENDED_DATA, u32(3) + u32(1) + s(note)), (r.CHANNEL_CLOSE, u32(3))]
+    assert a.link.sent == [(w.CHANNEL_FAILURE, u32(3)), (w.CHANNEL_FAILURE, u32(3)),
+                           (w.CHANNEL_EXTENDED_DATA, u32(3) + u32(1) + s(note)), (w.CHANNEL_CLOSE, u32(3))]
     assert harness.idle == [leg] and relay.legs == [relay.leg]  # the owned leg has nothing left
-    relay.from_client(a, r.CHANNEL_CLOSE, u32(rid))
+    relay.from_client(a, w.CHANNEL_CLOSE, u32(rid))
     assert relay.channels == 0
 
 
@@ -495,9 +492,9 @@ def test_a_failed_owned_leg_says_why():
     request(relay, a, rid, b"exec", True, s(b"ssh-add -l"))
     harness.wanted.remove(a)
     relay.leg_failed("job 1.0: too many negotiations", a)
-    assert a.link.sent[0] == (r.CHANNEL_FAILURE, u32(0))
+    assert a.link.sent[0] == (w.CHANNEL_FAILURE, u32(0))
     assert b"could not connect for agent or X11 forwarding: job 1.0: too many negotiations" in a.link.sent[1][1]
-    assert a.link.sent[2] == (r.CHANNEL_CLOSE, u32(0))
+    assert a.link.sent[2] == (w.CHANNEL_CLOSE, u32(0))
 
 
 def test_forwarding_asked_for_after_the_leg_was_picked_is_refused_by_the_job():
@@ -507,11 +504,11 @@ def test_forwarding_asked_for_after_the_leg_was_picked_is_refused_by_the_job():
     rid = session_open(relay, a, 0)
     request(relay, a, rid, b"pty-req", True, s(b"xterm") + u32(80) + u32(24) + u32(0) + u32(0) + s(b""))
     request(relay, a, rid, AGENT, True)  # asyncssh awaits its pty before asking to forward
-    assert harness.wanted == [] and harness.shared[-1][0] == r.CHANNEL_OPEN
-    relay.from_leg(relay.leg, r.CHANNEL_OPEN_CONFIRMATION, u32(rid) + u32(5) + u32(0) + u32(32768))
-    assert harness.shared[-1] == (r.CHANNEL_REQUEST, u32(5) + s(b"forwarding-refused@condor-relay") + b"\1")
+    assert harness.wanted == [] and harness.shared[-1][0] == w.CHANNEL_OPEN
+    relay.from_leg(relay.leg, w.CHANNEL_OPEN_CONFIRMATION, u32(rid) + u32(5) + u32(0) + u32(32768))
+    assert harness.shared[-1] == (w.CHANNEL_REQUEST, u32(5) + s(b"forwarding-refused@condor-relay") + b"\1")
     request(relay, a, rid, b"x11-req", False, X11)  # after the job confirmed: the same
-    assert harness.shared[-1] == (r.CHANNEL_REQUEST, u32(5) + s(b"forwarding-refused@condor-relay") + b"\0")
+    assert harness.shared[-1] == (w.CHANNEL_REQUEST, u32(5) + s(b"forwarding-refused@condor-relay") + b"\0")
 
 
 def test_a_session_closed_before_it_started_never_reaches_the_job():
@@ -520,8 +517,8 @@ def test_a_session_closed_before_it_started_never_reaches_the_job():
     a = relay.attach(Link())
     rid = session_open(relay, a, 0)
     request(relay, a, rid, b"env", False, s(b"A") + s(b"b"))
-    relay.from_client(a, r.CHANNEL_CLOSE, u32(rid))
-    assert a.link.sent == [(r.CHANNEL_CLOSE, u32(0))] and harness.shared == [] and relay.channels == 0
+    relay.from_client(a, w.CHANNEL_CLOSE, u32(rid))
+    assert a.link.sent == [(w.CHANNEL_CLOSE, u32(0))] and harness.shared == [] and relay.channels == 0
 
 
 def test_held_messages_are_bounded():
@@ -531,12 +528,12 @@ def test_held_messages_are_bounded():
     rid = session_open(relay, a, 0)
     for i in range(r.MAX_HELD_MESSAGES // 2):
         request(relay, a, rid, b"env", False, s(b"V%d" % i) + s(b"x"))
-    assert harness.shared[-1][0] == r.CHANNEL_OPEN  # half the bound picks the leg
-    with pytest.raises(r.ProtocolViolation):
+    assert harness.shared[-1][0] == w.CHANNEL_OPEN  # half the bound picks the leg
+    with pytest.raises(errors.ProtocolViolation):
         for i in range(r.MAX_HELD_MESSAGES // 2 + 1):
             request(relay, a, rid, b"env", False, s(b"W%d" % i) + s(b"x"))
-    with pytest.raises(r.ProtocolViolation):  # data: its window is 0 until the session starts
-        relay.from_client(a, r.CHANNEL_DATA, u32(session_open(relay, a, 1)) + s(b"x"))
+    with pytest.raises(errors.ProtocolViolation):  # data: its window is 0 until the session starts
+        relay.from_client(a, w.CHANNEL_DATA, u32(session_open(relay, a, 1)) + s(b"x"))
 
 
 def test_a_close_before_the_job_confirmed_follows_the_held_requests():
@@ -545,13 +542,13 @@ def test_a_close_before_the_job_confirmed_follows_the_held_requests():
     a = relay.attach(Link())
     rid = session_open(relay, a, 0)
     request(relay, a, rid, b"exec", True, s(b"sleep 9"))
-    relay.from_client(a, r.CHANNEL_CLOSE, u32(rid))  # ssh interrupted at once
-    relay.from_leg(relay.leg, r.CHANNEL_OPEN_CONFIRMATION, u32(rid) + u32(6) + u32(0) + u32(32768))
-    assert harness.shared[1:] == [(r.CHANNEL_REQUEST, u32(6) + s(b"exec") + b"\1" + s(b"sleep 9")),
-                                  (r.CHANNEL_CLOSE, u32(6))]
-    relay.from_leg(relay.leg, r.CHANNEL_SUCCESS, u32(rid))
-    relay.from_leg(relay.leg, r.CHANNEL_CLOSE, u32(rid))
-    assert a.link.sent == [(r.CHANNEL_SUCCESS, u32(0)), (r.CHANNEL_CLOSE, u32(0))] and relay.channels == 0
+    relay.from_client(a, w.CHANNEL_CLOSE, u32(rid))  # ssh interrupted at once
+    relay.from_leg(relay.leg, w.CHANNEL_OPEN_CONFIRMATION, u32(rid) + u32(6) + u32(0) + u32(32768))
+    assert harness.shared[1:] == [(w.CHANNEL_REQUEST, u32(6) + s(b"exec") + b"\1" + s(b"sleep 9")),
+                                  (w.CHANNEL_CLOSE, u32(6))]
+    relay.from_leg(relay.leg, w.CHANNEL_SUCCESS, u32(rid))
+    relay.from_leg(relay.leg, w.CHANNEL_CLOSE, u32(rid))
+    assert a.link.sent == [(w.CHANNEL_SUCCESS, u32(0)), (w.CHANNEL_CLOSE, u32(0))] and relay.channels == 0
 
 
 def test_a_lost_owned_leg_ends_a_session_it_had_not_confirmed_with_the_reason():
@@ -563,7 +560,7 @@ def test_a_lost_owned_leg_ends_a_session_it_had_not_confirmed_with_the_reason():
     request(relay, a, rid, b"exec", True, s(b"true"))
     leg, _ = harness.owned_leg(a)
     relay.remove_leg(leg)
-    assert a.link.sent[0] == (r.CHANNEL_FAILURE, u32(0)) and a.link.sent[-1] == (r.CHANNEL_CLOSE, u32(0))
+    assert a.link.sent[0] == (w.CHANNEL_FAILURE, u32(0)) and a.link.sent[-1] == (w.CHANNEL_CLOSE, u32(0))
     assert b"connection to the job lost" in a.link.sent[1][1] and relay.legs == [relay.leg]
 
 # -- flow control: the relay's own windows ---------------------------------------------------
@@ -581,7 +578,7 @@ WINDOW_AT = slice(len(TCPIP) + 4, len(TCPIP) + 8)  # then the window granted the
 
 def tcpip_open(relay, client, window):
     """A direct-tcpip open, which (unlike a session) the relay passes to the job at once."""
-    relay.from_client(client, r.CHANNEL_OPEN, TCPIP + u32(0) + u32(window) + u32(32768) + TCPIP_FIELDS)
+    relay.from_client(client, w.CHANNEL_OPEN, TCPIP + u32(0) + u32(window) + u32(32768) + TCPIP_FIELDS)
 
 
 def test_the_relay_grants_at_most_its_channel_window(setup):
@@ -589,10 +586,10 @@ def test_the_relay_grants_at_most_its_channel_window(setup):
     client = relay.attach(Link())
     tcpip_open(relay, client, 64 << 20)
     num, payload = upstream.pop()
-    assert payload[WINDOW_AT.start:WINDOW_AT.stop + 4] == u32(r.CHANNEL_WINDOW) + u32(32768)  # not the client's 64 MiB
+    assert payload[WINDOW_AT.start:WINDOW_AT.stop + 4] == u32(st.CHANNEL_WINDOW) + u32(32768)  # not the client's 64 MiB
     relay_id = struct.unpack(">L", payload[ID_AT])[0]
-    relay.from_leg(relay.leg, r.CHANNEL_OPEN_CONFIRMATION, u32(relay_id) + u32(1) + u32(64 << 20) + u32(32768))
-    assert client.link.sent[-1][1][8:] == u32(r.CHANNEL_WINDOW) + u32(32768)
+    relay.from_leg(relay.leg, w.CHANNEL_OPEN_CONFIRMATION, u32(relay_id) + u32(1) + u32(64 << 20) + u32(32768))
+    assert client.link.sent[-1][1][8:] == u32(st.CHANNEL_WINDOW) + u32(32768)
 
 
 def test_a_job_that_ignores_the_window_is_dropped(setup):
@@ -601,17 +598,17 @@ def test_a_job_that_ignores_the_window_is_dropped(setup):
     relay_id = open_session(relay, upstream, client, 0, 1)  # the leg got the client's 2 MiB
     relay.congested(client, True)  # so the relay grants no more
     for _ in range(64):
-        relay.from_leg(relay.leg, r.CHANNEL_DATA, data(relay_id, 32768))
-    with pytest.raises(r.ProtocolViolation, match="peer ignored channel window"):
-        relay.from_leg(relay.leg, r.CHANNEL_DATA, data(relay_id, 1))
+        relay.from_leg(relay.leg, w.CHANNEL_DATA, data(relay_id, 32768))
+    with pytest.raises(errors.ProtocolViolation, match="peer ignored channel window"):
+        relay.from_leg(relay.leg, w.CHANNEL_DATA, data(relay_id, 1))
 
 
 def test_a_client_that_ignores_the_window_is_dropped(setup):
     relay, upstream = setup
     client = relay.attach(Link())
     relay_id = open_session(relay, upstream, client, 0, 1)  # the client got the job's 1 MiB
-    with pytest.raises(r.ProtocolViolation, match="peer ignored channel window"):
-        relay.from_client(client, r.CHANNEL_DATA, data(relay_id, (1 << 20) + 1))
+    with pytest.raises(errors.ProtocolViolation, match="peer ignored channel window"):
+        relay.from_client(client, w.CHANNEL_DATA, data(relay_id, (1 << 20) + 1))
 
 
 def test_data_waits_for_the_receivers_window_and_the_sender_is_refilled_as_it_moves_on(setup):
@@ -619,21 +616,21 @@ def test_data_waits_for_the_receivers_window_and_the_sender_is_refilled_as_it_mo
     client = relay.attach(Link())
     tcpip_open(relay, client, 65536)
     relay_id = struct.unpack(">L", upstream.pop()[1][ID_AT])[0]
-    relay.from_leg(relay.leg, r.CHANNEL_OPEN_CONFIRMATION, u32(relay_id) + u32(1) + u32(1 << 20) + u32(32768))
+    relay.from_leg(relay.leg, w.CHANNEL_OPEN_CONFIRMATION, u32(relay_id) + u32(1) + u32(1 << 20) + u32(32768))
     client.link.sent.clear()
-    relay.from_leg(relay.leg, r.CHANNEL_DATA, data(relay_id, 32768))
-    relay.from_leg(relay.leg, r.CHANNEL_DATA, data(relay_id, 32768))
-    relay.from_leg(relay.leg, r.CHANNEL_EOF, u32(relay_id))
-    assert [m for m, _ in client.link.sent] == [r.CHANNEL_DATA, r.CHANNEL_DATA, r.CHANNEL_EOF]
+    relay.from_leg(relay.leg, w.CHANNEL_DATA, data(relay_id, 32768))
+    relay.from_leg(relay.leg, w.CHANNEL_DATA, data(relay_id, 32768))
+    relay.from_leg(relay.leg, w.CHANNEL_EOF, u32(relay_id))
+    assert [m for m, _ in client.link.sent] == [w.CHANNEL_DATA, w.CHANNEL_DATA, w.CHANNEL_EOF]
     # refilled as the data moved on, with no adjust from the client
-    assert [p for m, p in upstream if m == r.CHANNEL_WINDOW_ADJUST] == [u32(1) + u32(32768)] * 2
-    relay.from_leg(relay.leg, r.CHANNEL_DATA, data(relay_id, 100))  # the client's window is spent
-    relay.from_leg(relay.leg, r.CHANNEL_CLOSE, u32(relay_id))
+    assert [p for m, p in upstream if m == w.CHANNEL_WINDOW_ADJUST] == [u32(1) + u32(32768)] * 2
+    relay.from_leg(relay.leg, w.CHANNEL_DATA, data(relay_id, 100))  # the client's window is spent
+    relay.from_leg(relay.leg, w.CHANNEL_CLOSE, u32(relay_id))
     assert len(client.link.sent) == 3
-    relay.from_client(client, r.CHANNEL_WINDOW_ADJUST, u32(relay_id) + u32(60))
-    relay.from_client(client, r.CHANNEL_WINDOW_ADJUST, u32(relay_id) + u32(60))
-    assert client.link.sent[3:] == [(r.CHANNEL_DATA, data(0, 60)), (r.CHANNEL_DATA, data(0, 40)),
-                                    (r.CHANNEL_CLOSE, u32(0))]
+    relay.from_client(client, w.CHANNEL_WINDOW_ADJUST, u32(relay_id) + u32(60))
+    relay.from_client(client, w.CHANNEL_WINDOW_ADJUST, u32(relay_id) + u32(60))
+    assert client.link.sent[3:] == [(w.CHANNEL_DATA, data(0, 60)), (w.CHANNEL_DATA, data(0, 40)),
+                                    (w.CHANNEL_CLOSE, u32(0))]
 
 
 def test_client_data_is_split_at_the_jobs_packet_size(setup):
@@ -641,10 +638,10 @@ def test_client_data_is_split_at_the_jobs_packet_size(setup):
     client = relay.attach(Link())
     relay_id = open_session(relay, upstream, client, 0, 1)  # the job takes 16 KiB packets
     upstream.clear()
-    relay.from_client(client, r.CHANNEL_DATA, u32(relay_id) + s(bytes(range(256)) * 200))
+    relay.from_client(client, w.CHANNEL_DATA, u32(relay_id) + s(bytes(range(256)) * 200))
     assert [len(p) - 8 for _, p in upstream] == [16384, 16384, 16384, 2048]
     assert b"".join(p[8:] for _, p in upstream) == bytes(range(256)) * 200
-    assert all(m == r.CHANNEL_DATA and p[:8] == u32(1) + u32(len(p) - 8) for m, p in upstream)
+    assert all(m == w.CHANNEL_DATA and p[:8] == u32(1) + u32(len(p) - 8) for m, p in upstream)
 
 
 def test_a_congested_client_gets_no_more_window_granted_until_it_drains(setup):
@@ -655,16 +652,16 @@ def test_a_congested_client_gets_no_more_window_granted_until_it_drains(setup):
     relay.congested(slow, True)
     upstream.clear()
     for _ in range(64):  # the slow client's whole grant, and more for the other client
-        relay.from_leg(relay.leg, r.CHANNEL_DATA, data(slow_id, 32768))
-        relay.from_leg(relay.leg, r.CHANNEL_DATA, data(other_id, 32768))
-    assert len(other.link.sent) == 64 and not [p for m, p in slow.link.sent if m == r.CHANNEL_DATA]
-    adjusts = [p for m, p in upstream if m == r.CHANNEL_WINDOW_ADJUST]
+        relay.from_leg(relay.leg, w.CHANNEL_DATA, data(slow_id, 32768))
+        relay.from_leg(relay.leg, w.CHANNEL_DATA, data(other_id, 32768))
+    assert len(other.link.sent) == 64 and not [p for m, p in slow.link.sent if m == w.CHANNEL_DATA]
+    adjusts = [p for m, p in upstream if m == w.CHANNEL_WINDOW_ADJUST]
     assert adjusts and all(p[:4] == u32(2) for p in adjusts)  # the other client's channel only
-    with pytest.raises(r.ProtocolViolation, match="peer ignored channel window"):
-        relay.from_leg(relay.leg, r.CHANNEL_DATA, data(slow_id, 1))
+    with pytest.raises(errors.ProtocolViolation, match="peer ignored channel window"):
+        relay.from_leg(relay.leg, w.CHANNEL_DATA, data(slow_id, 1))
     relay.congested(slow, False)  # drained: what was held goes on, and the job may send again
-    assert len([m for m, _ in slow.link.sent if m == r.CHANNEL_DATA]) == 64
-    assert upstream[-1][0] == r.CHANNEL_WINDOW_ADJUST and upstream[-1][1][:4] == u32(1)
+    assert len([m for m, _ in slow.link.sent if m == w.CHANNEL_DATA]) == 64
+    assert upstream[-1][0] == w.CHANNEL_WINDOW_ADJUST and upstream[-1][1][:4] == u32(1)
 
 
 def test_the_jobs_grants_stay_within_its_budget_and_a_reserve_per_channel():
@@ -674,27 +671,27 @@ def test_the_jobs_grants_stay_within_its_budget_and_a_reserve_per_channel():
     relay.leg = relay.add_leg(LegLink(upstream))
     stopped = relay.attach(Link())
     windows = []
-    for _ in range(r.JOB_WINDOW // r.CHANNEL_WINDOW + 2):  # each channel is granted what the job has left
+    for _ in range(st.JOB_WINDOW // st.CHANNEL_WINDOW + 2):  # each channel is granted what the job has left
         tcpip_open(relay, stopped, 2 << 20)
         windows.append(struct.unpack(">L", upstream[-1][1][WINDOW_AT])[0])
     # beyond the budget, the least a channel gets, so that it never waits on the others
-    assert windows == [r.CHANNEL_WINDOW] * (r.JOB_WINDOW // r.CHANNEL_WINDOW) + [r.RESERVE] * 2
+    assert windows == [st.CHANNEL_WINDOW] * (st.JOB_WINDOW // st.CHANNEL_WINDOW) + [st.RESERVE] * 2
     first = struct.unpack(">L", upstream[0][1][ID_AT])[0]
-    relay.from_leg(relay.leg, r.CHANNEL_OPEN_CONFIRMATION, u32(first) + u32(1) + u32(1 << 20) + u32(16384))
-    assert stopped.link.sent[-1][1][8:12] == u32(r.RESERVE)  # the up direction too
+    relay.from_leg(relay.leg, w.CHANNEL_OPEN_CONFIRMATION, u32(first) + u32(1) + u32(1 << 20) + u32(16384))
+    assert stopped.link.sent[-1][1][8:12] == u32(st.RESERVE)  # the up direction too
     upstream.clear()
     for _ in range(16):  # the job sends the client some of what it was granted, which moves on
-        relay.from_leg(relay.leg, r.CHANNEL_DATA, data(first, 16384))
+        relay.from_leg(relay.leg, w.CHANNEL_DATA, data(first, 16384))
     # what moved on is granted again, to the channels that got least, down to the budget
-    adjusts = [p for m, p in upstream + stopped.link.sent if m == r.CHANNEL_WINDOW_ADJUST]
-    assert sum(struct.unpack(">L", p[4:])[0] for p in adjusts) == 16 * 16384 - 3 * r.RESERVE
+    adjusts = [p for m, p in upstream + stopped.link.sent if m == w.CHANNEL_WINDOW_ADJUST]
+    assert sum(struct.unpack(">L", p[4:])[0] for p in adjusts) == 16 * 16384 - 3 * st.RESERVE
 
 
 def test_a_client_that_opens_towards_a_congested_leg_is_not_read_from_until_it_drains(setup):
     relay, upstream = setup
     client = relay.attach(Link())
     relay.congested(relay.leg, True)
-    relay.from_client(client, r.GLOBAL_REQUEST, s(b"tcpip-forward") + b"\0" + s(b"localhost") + u32(8000))
+    relay.from_client(client, w.GLOBAL_REQUEST, s(b"tcpip-forward") + b"\0" + s(b"localhost") + u32(8000))
     assert client.link.reading_held
     relay.congested(relay.leg, False)
     assert not client.link.reading_held
@@ -704,22 +701,22 @@ def test_messages_that_would_outgrow_the_jobs_packet_limit_are_refused(setup):
     relay, upstream = setup
     client = relay.attach(Link())
     name = s(b"x-flood@example.org") + b"\0"
-    relay.from_client(client, r.GLOBAL_REQUEST, name + s(b"y" * (262_120 - len(name) - 4)))
-    with pytest.raises(r.ProtocolViolation, match="longer than"):
-        relay.from_client(client, r.GLOBAL_REQUEST, name + s(b"y" * (262_138 - len(name) - 4)))
+    relay.from_client(client, w.GLOBAL_REQUEST, name + s(b"y" * (262_120 - len(name) - 4)))
+    with pytest.raises(errors.ProtocolViolation, match="longer than"):
+        relay.from_client(client, w.GLOBAL_REQUEST, name + s(b"y" * (262_138 - len(name) - 4)))
 
 
 def test_only_the_owner_cancels_a_remote_forward(setup):
     relay, upstream = setup
     owner, other = relay.attach(Link()), relay.attach(Link())
     forward = s(b"localhost") + u32(8022)
-    relay.from_client(owner, r.GLOBAL_REQUEST, s(b"tcpip-forward") + b"\1" + forward)
-    relay.from_leg(relay.leg, r.REQUEST_SUCCESS, b"")
+    relay.from_client(owner, w.GLOBAL_REQUEST, s(b"tcpip-forward") + b"\1" + forward)
+    relay.from_leg(relay.leg, w.REQUEST_SUCCESS, b"")
     sent = len(upstream)
-    relay.from_client(other, r.GLOBAL_REQUEST, s(b"cancel-tcpip-forward") + b"\1" + forward)
-    assert other.link.sent == [(r.REQUEST_FAILURE, b"")] and len(upstream) == sent
-    relay.from_client(owner, r.GLOBAL_REQUEST, s(b"cancel-tcpip-forward") + b"\1" + forward)
-    assert upstream[-1] == (r.GLOBAL_REQUEST, s(b"cancel-tcpip-forward") + b"\1" + forward)
+    relay.from_client(other, w.GLOBAL_REQUEST, s(b"cancel-tcpip-forward") + b"\1" + forward)
+    assert other.link.sent == [(w.REQUEST_FAILURE, b"")] and len(upstream) == sent
+    relay.from_client(owner, w.GLOBAL_REQUEST, s(b"cancel-tcpip-forward") + b"\1" + forward)
+    assert upstream[-1] == (w.GLOBAL_REQUEST, s(b"cancel-tcpip-forward") + b"\1" + forward)
 
 
 def test_a_close_queued_behind_data_still_answers_the_clients_close(setup):
@@ -727,8 +724,8 @@ def test_a_close_queued_behind_data_still_answers_the_clients_close(setup):
     client = relay.attach(Link())
     relay_id = open_session(relay, upstream, client, 5, 1)
     relay.congested(client, True)
-    relay.from_leg(relay.leg, r.CHANNEL_DATA, data(relay_id, 1000))
-    relay.from_leg(relay.leg, r.CHANNEL_CLOSE, u32(relay_id))  # queued behind the data
-    relay.from_client(client, r.CHANNEL_CLOSE, u32(relay_id))  # the client closes on its own
-    assert client.link.sent == [(r.CHANNEL_CLOSE, u32(5))] and relay.channels == 0
-    assert upstream[-1] == (r.CHANNEL_CLOSE, u32(1))
+    relay.from_leg(relay.leg, w.CHANNEL_DATA, data(relay_id, 1000))
+    relay.from_leg(relay.leg, w.CHANNEL_CLOSE, u32(relay_id))  # queued behind the data
+    relay.from_client(client, w.CHANNEL_CLOSE, u32(relay_id))  # the client closes on its own
+    assert client.link.sent == [(w.CHANNEL_CLOSE, u32(5))] and relay.channels == 0
+    assert upstream[-1] == (w.CHANNEL_CLOSE, u32(1))

@@ -12,15 +12,14 @@ import socket
 import struct
 import subprocess
 import sys
-import threading
 from pathlib import Path
 
 import pytest
 from conftest import EchoSession, Relay, wait_for
 from rogue_ssh import MESSAGES, TRANSPORT_CASES
 
-from relayd.daemon.control import REQUEST_TIMEOUT
 from relayd.common.protocol import format_connect
+from relayd.daemon.control import REQUEST_TIMEOUT
 from relayd.sandbox import pool as sandbox
 
 MIB = 1024 * 1024

@@ -13,9 +13,10 @@ import yaml
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from relayd.config import JOB_LOOKUPS, Config, ConfigError, parse_config
-from relayd.condor.names import BadHostName, JobName, parse_host
-from relayd.common.protocol import MAX_REQUEST_LINE, BadRequest, Capture, Connect, format_connect, parse_request, reply
+from relayd.common.errors import BadHostName, BadRequest, ConfigError
+from relayd.common.protocol import MAX_REQUEST_LINE, Capture, Connect, format_connect, parse_request, reply
+from relayd.condor.names import JobName, parse_host
+from relayd.config import JOB_LOOKUPS, Config, parse_config
 
 settings.register_profile("relayd", deadline=5000)
 settings.load_profile("relayd")

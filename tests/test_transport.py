@@ -5,9 +5,9 @@ from __future__ import annotations
 import os
 
 import pytest
+from cryptography.hazmat.primitives.asymmetric import ed25519
 from hypothesis import given, settings
 from hypothesis import strategies as st
-from cryptography.hazmat.primitives.asymmetric import ed25519
 from twisted.conch.ssh import keys
 from twisted.internet.task import Clock
 from twisted.internet.testing import StringTransport

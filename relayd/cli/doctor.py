@@ -15,8 +15,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Iterator
 
-from relayd.config import Config, ConfigError, load_config
+from relayd.common.errors import ConfigError, DaemonError, JobUnreachable, NotRunning
 from relayd.common.paths import Paths, unsafe_dir
+from relayd.config import Config, load_config
 
 MIN_OPENSSH = (6, 5)  # ProxyUseFdpass
 LOOKUP_TIMEOUT_SECONDS = 15.0
@@ -109,7 +110,7 @@ def default_ssh_config() -> Path:
 
 
 def check_negotiator(config: Config) -> Iterator[Finding]:
-    from relayd.condor.negotiate import NegotiationFailed, hook_path
+    from relayd.condor.negotiate import hook_path
 
     tool = config.negotiator_path()
     if tool is None:
@@ -119,7 +120,7 @@ def check_negotiator(config: Config) -> Iterator[Finding]:
         yield _ok("condor_ssh_to_job", tool)
     try:
         yield _ok("capture hook", hook_path())
-    except NegotiationFailed as exc:
+    except JobUnreachable as exc:
         yield _fail("capture hook", str(exc), "reinstall condor-relay")
 
 
@@ -220,7 +221,7 @@ def check_permissions(paths: Paths, domain: str) -> Iterator[Finding]:
 
 
 def check_daemon(socket_path: str) -> Finding:
-    from clientconf.daemonctl import DaemonError, NotRunning, status
+    from clientconf.daemonctl import status
     from relayd.common.humanize import duration
 
     try:

@@ -5,11 +5,12 @@ from __future__ import annotations
 import time
 from dataclasses import dataclass
 
-from relayd.config import Config
-from relayd.common.humanize import duration
-from relayd.condor.lookup import RUNNING, Action, Ad, LookupFailed, assess, make_source
-from relayd.condor.names import JobName
 from relayd.cli.tables import table
+from relayd.common.errors import LookupFailed
+from relayd.common.humanize import duration
+from relayd.condor.lookup import RUNNING, Action, Ad, assess, make_source
+from relayd.condor.names import JobName
+from relayd.config import Config
 
 _STATES = {1: "idle", 2: "running", 3: "removed", 4: "completed", 5: "held", 6: "transferring output",
            7: "suspended"}

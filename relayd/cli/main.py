@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import sys
 
+from relayd.common.errors import ConfigError, DaemonError, NotRunning
 from relayd.common.paths import Paths, default_paths
 
 TYPE_CHECKING = False  # as typing.TYPE_CHECKING (type checkers honour it) without importing typing
@@ -12,8 +13,8 @@ if TYPE_CHECKING:
     import argparse
     from collections.abc import Callable
 
-    from relayd.config import Config
     from relayd.cli.jobs import JobRow
+    from relayd.config import Config
 
 EXIT_NOT_RUNNING = 3  # as `systemctl status` for a stopped unit
 
@@ -31,7 +32,7 @@ def cmd_run(args: argparse.Namespace) -> int:
 
 def _load_config(paths: Paths) -> Config:
     """The config, or exit 2 with the message naming file, line and key."""
-    from relayd.config import ConfigError, load_config
+    from relayd.config import load_config
 
     try:
         return load_config(paths.config_file)
@@ -115,7 +116,6 @@ def _talks_to_daemon(command: Callable[[argparse.Namespace, str], int]) -> Calla
     """A command given the daemon's socket; no daemon, or an error from it, becomes a message."""
 
     def run(args: argparse.Namespace) -> int:
-        from clientconf.daemonctl import DaemonError, NotRunning
 
         try:
             return command(args, str(_paths(args).socket))

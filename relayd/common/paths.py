@@ -11,6 +11,8 @@ import os
 import stat
 from collections import namedtuple
 
+from relayd.common.errors import UnusablePath
+
 TYPE_CHECKING = False  # as typing.TYPE_CHECKING (type checkers honour it) without importing typing
 if TYPE_CHECKING:
     from pathlib import Path
@@ -152,10 +154,6 @@ def default_paths() -> Paths:
     runtime_dir, fallback = _runtime_dir(state_dir)
     return Paths(config_file=Path(config_file), state_dir=Path(state_dir), runtime_dir=Path(runtime_dir),
                  runtime_fallback=fallback)
-
-
-class UnusablePath(Exception):
-    """A directory or file of the daemon's that it cannot use; str() says which and why."""
 
 
 def private_dir(path: Path) -> int | None:

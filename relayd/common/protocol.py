@@ -21,13 +21,11 @@ from __future__ import annotations
 
 from collections import namedtuple
 
+from relayd.common.errors import BadRequest
+
 MAX_REQUEST_LINE = 1024
 MAX_CAPTURE_PAYLOAD = 64 * 1024
 _TOKEN_CHARS = frozenset("0123456789abcdef")
-
-
-class BadRequest(ValueError):
-    """A request line that is not part of the protocol."""
 
 
 # namedtuples, not dataclasses: importing dataclasses costs the helper milliseconds.

@@ -21,15 +21,12 @@ import shlex
 import socket
 import sys
 
+from relayd.common.errors import RelayError
 from relayd.common.peercred import peer_credentials
 
 SOCKET_ENV = "CONDOR_RELAY_CAPTURE_SOCKET"
 TOKEN_ENV = "CONDOR_RELAY_CAPTURE_TOKEN"
 PID_ENV = "CONDOR_RELAY_CAPTURE_PID"  # the daemon's, which listens on its socket
-
-
-class HookError(Exception):
-    pass
 
 
 def _ssh_options(args: list[str]) -> dict[str, str]:
@@ -44,7 +41,7 @@ def _ssh_options(args: list[str]) -> dict[str, str]:
 def _fdpass_path(proxy_command: str) -> str:
     words = shlex.split(proxy_command)
     if "-proxy" not in words or words.index("-proxy") + 1 >= len(words):
-        raise HookError(f"unexpected ProxyCommand from condor_ssh_to_job: {proxy_command!r}")
+        raise RelayError(f"unexpected ProxyCommand from condor_ssh_to_job: {proxy_command!r}")
     return words[words.index("-proxy") + 1]
 
 
@@ -53,7 +50,7 @@ def _receive_job_socket(fdpass: str) -> int:
         sock.connect(fdpass)
         _, fds, _, _ = socket.recv_fds(sock, 1, 1)
     if len(fds) != 1:
-        raise HookError("condor_ssh_to_job passed no socket")
+        raise RelayError("condor_ssh_to_job passed no socket")
     return fds[0]
 
 
@@ -68,21 +65,21 @@ def collect(args: list[str]) -> tuple[dict[str, str], int]:
             known_host = hosts_file.readline().split(None, 1)
         fdpass = _fdpass_path(options["proxycommand"])
     except KeyError as missing:
-        raise HookError(f"condor_ssh_to_job did not pass -o{missing.args[0]}") from None
+        raise RelayError(f"condor_ssh_to_job did not pass -o{missing.args[0]}") from None
     except OSError as exc:
-        raise HookError(f"cannot read the negotiated keys: {exc}") from None
+        raise RelayError(f"cannot read the negotiated keys: {exc}") from None
     if len(known_host) != 2:
-        raise HookError("the negotiated known_hosts file has no key")
+        raise RelayError("the negotiated known_hosts file has no key")
     return {"user": user, "private_key": private_key, "server_key": known_host[1].strip()}, _receive_job_socket(fdpass)
 
 
 def check_listener(sock: socket.socket, socket_path: str, daemon_pid: int) -> None:
-    """Raise HookError unless the listener is the daemon that started this negotiation."""
+    """Raise RelayError unless the listener is the daemon that started this negotiation."""
     pid, uid = peer_credentials(sock)
     if uid != os.getuid():
-        raise HookError(f"{socket_path} is served by uid {uid}, not by this user (uid {os.getuid()}); nothing sent")
+        raise RelayError(f"{socket_path} is served by uid {uid}, not by this user (uid {os.getuid()}); nothing sent")
     if pid != daemon_pid:
-        raise HookError(f"{socket_path} is served by pid {pid}, not by the relayd that started this negotiation "
+        raise RelayError(f"{socket_path} is served by pid {pid}, not by the relayd that started this negotiation "
                         f"(pid {daemon_pid}); nothing sent")
 
 
@@ -95,7 +92,7 @@ def hand_over(socket_path: str, daemon_pid: int, token: str, keys: dict[str, str
         socket.send_fds(sock, [message], [job_fd])
         answer = sock.makefile("rb").readline().decode(errors="replace").strip()
     if answer != "OK":
-        raise HookError(f"the relay daemon refused the capture: {answer or 'no answer'}")
+        raise RelayError(f"the relay daemon refused the capture: {answer or 'no answer'}")
 
 
 def main() -> int:
@@ -107,7 +104,7 @@ def main() -> int:
     try:
         keys, job_fd = collect(sys.argv[1:])
         hand_over(socket_path, daemon_pid, token, keys, job_fd)
-    except (HookError, OSError) as exc:
+    except (RelayError, OSError) as exc:
         print(f"condor-relay-capture: {exc}", file=sys.stderr)
         return 1
     return 0

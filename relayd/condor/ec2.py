@@ -13,17 +13,18 @@ from pathlib import Path
 from twisted.conch.ssh import keys
 from twisted.internet import threads
 
+from relayd.common.errors import JobUnreachable
 from relayd.condor.lookup import Ad
 from relayd.condor.names import JobName
-from relayd.condor.negotiate import Credentials, NegotiationFailed
+from relayd.condor.negotiate import Credentials
 from relayd.ssh.job_keys import TrustOnFirstUse
 
 CONNECT_TIMEOUT = 30.0
 
 
-def _unmanaged(job: JobName) -> NegotiationFailed:
+def _unmanaged(job: JobName) -> JobUnreachable:
     # the meaning of condor_ssh_to_job's "You can not SSH to an EC2 job whose keypair HTCondor is not managing."
-    return NegotiationFailed(
+    return JobUnreachable(
         f"job {job.job_id} is an EC2 job whose keypair HTCondor is not managing, or whose instance has no "
         "address yet (EC2KeyPairFile / EC2RemoteVirtualMachineName missing)"
     )
@@ -38,11 +39,11 @@ async def connect_instance(job: JobName, ad: Ad, user: str, pins: Path, port: in
     try:
         key = keys.Key.fromFile(keypair)
     except (OSError, keys.BadKeyError, keys.EncryptedKeyError) as exc:
-        raise NegotiationFailed(f"job {job.job_id}: cannot use the EC2 keypair file {keypair}: {exc}") from None
+        raise JobUnreachable(f"job {job.job_id}: cannot use the EC2 keypair file {keypair}: {exc}") from None
     try:
         sock = await threads.deferToThread(socket.create_connection, (host, port), CONNECT_TIMEOUT)
     except OSError as exc:
-        raise NegotiationFailed(f"job {job.job_id}: cannot reach EC2 instance {host} port {port}: "
+        raise JobUnreachable(f"job {job.job_id}: cannot reach EC2 instance {host} port {port}: "
                                 f"{exc.strerror or exc}") from None
     pinned_as = host if port == 22 else f"[{host}]:{port}"
     return Credentials(user=user, private_key=key, host_key=TrustOnFirstUse(pins, pinned_as), job_socket=sock)

@@ -14,10 +14,11 @@ from dataclasses import dataclass
 from enum import Enum
 from typing import Any, Iterable, Protocol
 
-from relayd.config import Config, ScheddConfig
+from relayd.common.errors import LookupFailed
 from relayd.common.humanize import duration
-from relayd.condor.names import JobName
 from relayd.common.termsafe import htcondor_text
+from relayd.condor.names import JobName
+from relayd.config import Config, ScheddConfig
 
 IDLE, RUNNING, REMOVED, COMPLETED, HELD, TRANSFERRING_OUTPUT, SUSPENDED = range(1, 8)
 SCHEDULER_UNIVERSE, GRID_UNIVERSE, PARALLEL_UNIVERSE = 7, 9, 11
@@ -29,10 +30,6 @@ ATTRIBUTES = [
 ]
 
 Ad = dict[str, Any]
-
-
-class LookupFailed(Exception):
-    """The job source could not be asked (schedd or collector unreachable, bad pool dir)."""
 
 
 class JobSource(Protocol):

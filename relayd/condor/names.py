@@ -8,12 +8,10 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass
 
+from relayd.common.errors import BadHostName
+
 _LABEL = r"[a-z][a-z0-9_-]{0,62}"
 _NUMBER = r"(?:0|[1-9][0-9]{0,9})"
-
-
-class BadHostName(ValueError):
-    """A host name that is not a job name; the message names the expected form."""
 
 
 @dataclass(frozen=True)

@@ -24,26 +24,15 @@ from twisted.internet import defer, error, protocol
 from twisted.internet.interfaces import IReactorProcess, IReactorTime
 from twisted.logger import Logger
 
-from relayd.condor.capture_hook import PID_ENV, SOCKET_ENV, TOKEN_ENV
-from relayd.config import ScheddConfig
-from relayd.condor.names import JobName
+from relayd.common.errors import NegotiationFailed
 from relayd.common.termsafe import htcondor_text
+from relayd.condor.capture_hook import PID_ENV, SOCKET_ENV, TOKEN_ENV
+from relayd.condor.names import JobName
+from relayd.config import ScheddConfig
 from relayd.ssh.job_keys import HostKeyPolicy, NegotiatedKey
 
 log = Logger()
 _MAX_STDERR = 64 * 1024
-
-
-class NegotiationFailed(Exception):
-    """The job could not be reached; str() is the one-line message for the user.
-
-    `retryable` marks failures condor_ssh_to_job itself would retry with -auto-retry
-    (e.g. a job that started running a moment ago).
-    """
-
-    def __init__(self, message: str, retryable: bool = False) -> None:
-        super().__init__(message)
-        self.retryable = retryable
 
 
 @dataclass(frozen=True)

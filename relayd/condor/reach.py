@@ -14,14 +14,15 @@ from dataclasses import dataclass
 
 from twisted.internet import task, threads
 
-from relayd.config import Config, ScheddConfig
-from relayd.condor.ec2 import connect_instance
+from relayd.common.errors import JobUnreachable, NegotiationFailed
 from relayd.common.humanize import duration
-from relayd.daemon.job_session import Progress
+from relayd.common.paths import Paths
+from relayd.condor.ec2 import connect_instance
 from relayd.condor.lookup import Action, Ad, JobSource, assess, find, make_source
 from relayd.condor.names import JobName
-from relayd.condor.negotiate import Captures, Credentials, NegotiationFailed, Negotiator
-from relayd.common.paths import Paths
+from relayd.condor.negotiate import Captures, Credentials, Negotiator
+from relayd.config import Config, ScheddConfig
+from relayd.daemon.job_session import Progress
 
 RETRY_INTERVAL = 2.0  # between retries of a job that is starting up
 # A waiting client is told how long it has waited this often: each report is a line on its
@@ -51,7 +52,7 @@ class Reacher:
         try:
             return self._config.schedd(label)
         except KeyError as exc:
-            raise NegotiationFailed(exc.args[0]) from None
+            raise JobUnreachable(exc.args[0]) from None
 
     def source(self, label: str | None) -> JobSource | None:
         """The job source for a schedd label (cached), or None when lookups are off."""
@@ -84,14 +85,14 @@ class Reacher:
             ad = await self._query(source, job)
             verdict = assess(job, ad)
             if verdict.action is Action.REFUSE:
-                raise NegotiationFailed(verdict.message)
+                raise JobUnreachable(verdict.message)
             if verdict.action is not Action.WAIT:
                 return ad
             waited = time.monotonic() - started
             if waited >= request.wait and request.wait:
-                raise NegotiationFailed(f"job {job.cluster}.{job.proc} is still idle after waiting {duration(waited)}")
+                raise JobUnreachable(f"job {job.cluster}.{job.proc} is still idle after waiting {duration(waited)}")
             if waited >= request.wait:
-                raise NegotiationFailed(f"{verdict.message}; it can be reached once it runs (to wait for it: "
+                raise JobUnreachable(f"{verdict.message}; it can be reached once it runs (to wait for it: "
                                         "CONDOR_RELAY_WAIT=<seconds> ssh ..., or wait_for_running in the config)")
             if reported is None or waited - reported >= WAIT_REPORT_INTERVAL:
                 reported = waited
@@ -103,7 +104,7 @@ class Reacher:
                          grace: bool) -> Credentials:
         tool = self._config.negotiator_path()
         if tool is None:
-            raise NegotiationFailed(
+            raise JobUnreachable(
                 f"condor_ssh_to_job not found ({self._config.condor_ssh_to_job!r}); "
                 "install HTCondor's tools or set condor_ssh_to_job in the config"
             )

@@ -11,12 +11,10 @@ import os
 import socket
 from dataclasses import dataclass
 
+from relayd.common.errors import ActivationError
+
 LISTEN_FDS_START = 3  # SD_LISTEN_FDS_START
 _VARIABLES = ("LISTEN_PID", "LISTEN_FDS", "LISTEN_FDNAMES")
-
-
-class ActivationError(Exception):
-    """systemd passed something this daemon cannot serve; the message says what."""
 
 
 @dataclass(frozen=True)

@@ -28,11 +28,11 @@ from twisted.python.failure import Failure
 from zope.interface import implementer
 
 from relayd.common import humanize
+from relayd.common.errors import BadRequest, RelayError
 from relayd.common.peercred import peer_credentials
 from relayd.common.protocol import (
     MAX_CAPTURE_PAYLOAD,
     MAX_REQUEST_LINE,
-    BadRequest,
     Capture,
     Status,
     Stop,
@@ -50,10 +50,6 @@ if TYPE_CHECKING:
 log = Logger()
 
 REQUEST_TIMEOUT = 10.0  # seconds
-
-
-class UserError(Exception):
-    """A failure whose message is meant for the user's terminal, as is."""
 
 
 def peer_uid(sock: socket.socket) -> int:
@@ -202,7 +198,7 @@ class ControlConnection(protocol.Protocol):
             self._ssh.bind(session)
 
     def _connect_failed(self, failure: Failure) -> None:
-        if failure.check(UserError):
+        if failure.check(RelayError):
             message = str(failure.value)
         else:
             log.failure("connect failed", failure)

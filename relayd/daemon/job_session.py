@@ -19,11 +19,12 @@ from twisted.internet import defer
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 
+from relayd.common.errors import JobUnreachable, ProtocolViolation, RelayError
 from relayd.condor.names import JobName
-from relayd.condor.negotiate import Credentials, NegotiationFailed
-from relayd.relay.core import Client, ClientLink, Leg, ProtocolViolation, Relay
-from relayd.ssh.traffic import Traffic
+from relayd.condor.negotiate import Credentials
+from relayd.relay.core import Client, ClientLink, Leg, Relay
 from relayd.ssh.job_transport import UpstreamConnection
+from relayd.ssh.traffic import Traffic
 
 log = Logger()
 
@@ -86,7 +87,7 @@ class JobSession:
             await self._add_leg(first=True)
         except Exception as exc:
             result = Failure()
-            if not isinstance(exc, NegotiationFailed):
+            if not isinstance(exc, RelayError):
                 log.failure("connecting to job {job} failed", result, job=self.job.job_id)
             self._finish(f"could not connect: {exc}")
             for waiter, _ in self._waiters:
@@ -105,8 +106,8 @@ class JobSession:
         connection = UpstreamConnection(self._reactor, self._from_job, self._leg_lost, self.traffic)
         try:
             await connection.start(credentials)
-        except NegotiationFailed as exc:
-            raise NegotiationFailed(f"job {self.job.job_id}: {exc}") from None
+        except JobUnreachable as exc:
+            raise JobUnreachable(f"job {self.job.job_id}: {exc}") from None
         if self.closed:
             connection.close("relay no longer needs this connection")
             return

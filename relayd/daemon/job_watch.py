@@ -14,8 +14,9 @@ from typing import Callable, Iterable
 from twisted.internet import defer, task, threads
 from twisted.logger import Logger
 
+from relayd.common.errors import LookupFailed
+from relayd.condor.lookup import JobSource, find, left_running
 from relayd.daemon.job_session import JobSession
-from relayd.condor.lookup import JobSource, LookupFailed, find, left_running
 
 log = Logger()
 

@@ -15,9 +15,10 @@ from twisted.internet.defer import ensureDeferred
 from twisted.internet.task import deferLater
 from twisted.logger import Logger
 
-from relayd.daemon.activation import ActivationError, systemd_socket
-from relayd.config import ConfigError, load_config
-from relayd.common.paths import Paths, UnusablePath
+from relayd.common.errors import ActivationError, AlreadyRunning, ConfigError, UnusablePath
+from relayd.common.paths import Paths
+from relayd.config import load_config
+from relayd.daemon.activation import systemd_socket
 
 SHUTDOWN_GRACE_SECONDS = 3.0  # for disconnect messages to reach the clients
 log = Logger()
@@ -33,9 +34,9 @@ def run(paths: Paths, verbose: bool = False, on_demand: bool = False, log_to: st
     from twisted.internet import reactor
     from twisted.internet.error import CannotListenError
 
-    from relayd.daemon.service import AlreadyRunning, RelayDaemon
     from relayd.daemon.exit_when_idle import IdleExit
     from relayd.daemon.logs import default_target, start_logging
+    from relayd.daemon.service import RelayDaemon
 
     if passed is not None:
         paths = paths.with_socket(passed.path)

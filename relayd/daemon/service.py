@@ -13,20 +13,21 @@ from twisted.internet import defer, threads
 from twisted.internet.task import deferLater
 from twisted.logger import Logger
 
-from relayd.config import Config
-from relayd.daemon.control import ControlFactory, UserError
-from relayd.ssh.client_transport import ClientTransportFactory
-from relayd.ssh.relay_key import load_or_create
-from relayd.daemon.job_session import JobSession, Progress
-from relayd.condor.lookup import JobSource, LookupFailed, find, left_running
-from relayd.condor.names import BadHostName, JobName, parse_host
-from relayd.condor.negotiate import Captures, Credentials, NegotiationFailed
+from relayd.common.errors import AlreadyRunning, JobUnreachable, LookupFailed
 from relayd.common.paths import Paths, private_dir
 from relayd.common.protocol import Connect
+from relayd.condor.lookup import JobSource, find, left_running
+from relayd.condor.names import JobName, parse_host
+from relayd.condor.negotiate import Captures, Credentials
 from relayd.condor.reach import Reacher, Request
-from relayd.ssh.packet_transport import PacketTransport
-from relayd.ssh.job_keys import NegotiatedKey
+from relayd.config import Config
+from relayd.daemon.control import ControlFactory
+from relayd.daemon.job_session import JobSession, Progress
 from relayd.daemon.job_watch import JobWatcher
+from relayd.ssh.client_transport import ClientTransportFactory
+from relayd.ssh.job_keys import NegotiatedKey
+from relayd.ssh.packet_transport import PacketTransport
+from relayd.ssh.relay_key import load_or_create
 
 if TYPE_CHECKING:
     from relayd.daemon.control import ControlConnection
@@ -43,10 +44,6 @@ def _private_dir(path: Path) -> None:
     old_mode = private_dir(path)
     if old_mode is not None:
         log.warn("{path} had mode {mode:o}; changed it to 700", path=str(path), mode=old_mode)
-
-
-class AlreadyRunning(Exception):
-    pass
 
 
 class RelayDaemon:
@@ -140,12 +137,11 @@ class RelayDaemon:
     # -- connecting clients -------------------------------------------------------------
 
     async def connect(self, request: Connect, progress: Progress) -> JobSession:
-        """Resolve the host to a job and return its session once connected (negotiating once)."""
-        try:
-            job = parse_host(request.host, self.config.domain)
-            self.reacher.schedd(job.label)
-        except (BadHostName, NegotiationFailed) as exc:
-            raise UserError(str(exc)) from None
+        """Resolve the host to a job and return its session once connected (negotiating once).
+
+        Raises a RelayError whose message is for the user."""
+        job = parse_host(request.host, self.config.domain)
+        self.reacher.schedd(job.label)
         wait = request.wait if request.wait is not None else self.config.wait_for_running
         reach = Request(job, request.user, wait)
         session = self.jobs.get(job)
@@ -155,12 +151,9 @@ class RelayDaemon:
                 self.config.idle_timeout, self._session_closed, explain_loss=self._why_lost,
             )
             session.start()
-        try:
-            await session.wait_ready(progress)
-        except (NegotiationFailed, LookupFailed) as exc:
-            raise UserError(str(exc)) from None
+        await session.wait_ready(progress)
         if session.ec2_user is not None and self.reacher.ec2_user(request.user) != session.ec2_user:
-            raise UserError(f"job {job.job_id} is connected as {session.ec2_user}; ask for that user, or try "
+            raise JobUnreachable(f"job {job.job_id} is connected as {session.ec2_user}; ask for that user, or try "
                             f"again once its connections have closed")
         self.watcher.wake()
         return session
@@ -193,7 +186,7 @@ class RelayDaemon:
     def _watch_source(self, label: str | None) -> JobSource | None:
         try:
             return self.reacher.source(label)
-        except NegotiationFailed:
+        except JobUnreachable:
             return None  # the label left the config
 
     def _session_closed(self, session: JobSession) -> None:

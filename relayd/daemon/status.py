@@ -11,13 +11,13 @@ import time
 from typing import TYPE_CHECKING, Any
 
 from relayd import __version__
-from relayd.common.humanize import duration, size
 from relayd.cli.tables import table
+from relayd.common.humanize import duration, size
 
 if TYPE_CHECKING:
     from relayd.daemon.control import ControlConnection
-    from relayd.daemon.service import RelayDaemon
     from relayd.daemon.job_session import JobSession
+    from relayd.daemon.service import RelayDaemon
 
 
 def _rounded(seconds: float) -> float:

@@ -58,34 +58,52 @@ on its stderr and the channel's close.
 
 from __future__ import annotations
 
-import struct
-from collections import deque
-from dataclasses import dataclass, field
-from typing import Callable, Protocol
+from typing import Callable
 
-from relayd.ssh.packetcrypto import MAX_PAYLOAD
+from relayd.common.errors import ProtocolViolation
+from relayd.relay.sshd_checks import GLOBAL_FIELDS, check_client_message, check_size, forward_key
+from relayd.relay.state import (
+    CHANNEL_WINDOW,
+    JOB_WINDOW,
+    QUEUE_SLACK,
+    RESERVE,
+    Channel,
+    Client,
+    ClientLink,
+    Flow,
+    Leg,
+    LegLink,
+)
+from relayd.relay.wire import (
+    CHANNEL_CLOSE,
+    CHANNEL_DATA,
+    CHANNEL_EOF,
+    CHANNEL_EXTENDED_DATA,
+    CHANNEL_FAILURE,
+    CHANNEL_MESSAGES,
+    CHANNEL_OPEN,
+    CHANNEL_OPEN_CONFIRMATION,
+    CHANNEL_OPEN_FAILURE,
+    CHANNEL_REQUEST,
+    CHANNEL_WINDOW_ADJUST,
+    DATA_MESSAGES,
+    EXTENDED_DATA_STDERR,
+    GLOBAL_REQUEST,
+    OPEN_ADMINISTRATIVELY_PROHIBITED,
+    OPEN_CONNECT_FAILED,
+    REQUEST_FAILURE,
+    REQUEST_SUCCESS,
+    Reader,
+    data_start,
+    open_failure,
+    readdressed,
+    string,
+    u32,
+)
 
-GLOBAL_REQUEST = 80
-REQUEST_SUCCESS = 81
-REQUEST_FAILURE = 82
-CHANNEL_OPEN = 90
-CHANNEL_OPEN_CONFIRMATION = 91
-CHANNEL_OPEN_FAILURE = 92
-CHANNEL_WINDOW_ADJUST = 93
-CHANNEL_DATA = 94
-CHANNEL_EXTENDED_DATA = 95
-CHANNEL_EOF = 96
-CHANNEL_CLOSE = 97
-CHANNEL_REQUEST = 98
-CHANNEL_SUCCESS = 99
-CHANNEL_FAILURE = 100
-EXTENDED_DATA_STDERR = 1
 # Extra upstream connections negotiated at once for a burst of sessions: each is a round
 # trip through the schedd and the starter, which other users share.
 MAX_LEGS_IN_NEGOTIATION = 4
-
-OPEN_ADMINISTRATIVELY_PROHIBITED = 1
-OPEN_CONNECT_FAILED = 2
 
 # What sshd confirms a session open with: no window until the session starts, 32 KiB packets
 # (the job's OpenSSH sshd drops bigger data packets, so the client must not send more).
@@ -103,247 +121,8 @@ _SETUP_REQUESTS = frozenset({b"pty-req", b"env"})
 # requests, answering in order with the channel's other requests.
 _REFUSED_REQUEST = b"forwarding-refused@condor-relay"
 
-# Messages whose first field is the recipient channel and that are routed by it.
-_CHANNEL_MESSAGES = frozenset(range(CHANNEL_WINDOW_ADJUST, CHANNEL_FAILURE + 1))
-
-# Flow control (see the module docstring).
-CHANNEL_WINDOW = 2 * 1024 * 1024
-JOB_WINDOW = 32 * 1024 * 1024
-QUEUE_SLACK = 64 * 1024
-RESERVE = 32 * 1024
-_DATA_MESSAGES = (CHANNEL_DATA, CHANNEL_EXTENDED_DATA)
-
 # Global requests the relay answers itself instead of passing them on.
 _LOCAL_GLOBAL_REQUESTS = {b"keepalive@openssh.com", b"no-more-sessions@openssh.com"}
-
-
-class ProtocolViolation(Exception):
-    """A peer sent a message that breaks RFC 4254; the sender's connection must go."""
-
-
-def _u32(value: int) -> bytes:
-    return struct.pack(">L", value)
-
-
-def _string(value: bytes) -> bytes:
-    return struct.pack(">L", len(value)) + value
-
-
-def _readdressed(recipient: int, payload: bytes) -> bytes:
-    """A channel message for another recipient id: one copy of what may be 32 KiB of data."""
-    return b"".join((_u32(recipient), memoryview(payload)[4:]))
-
-
-def _data_start(msgnum: int) -> int:
-    """Where the data of a CHANNEL_DATA or CHANNEL_EXTENDED_DATA payload begins."""
-    return 8 if msgnum == CHANNEL_DATA else 12
-
-
-def _open_failure(recipient: int, reason: int, text: bytes) -> bytes:
-    return _u32(recipient) + _u32(reason) + _string(text) + _string(b"")
-
-
-class _Reader:
-    """Reads SSH wire fields from a payload, raising ProtocolViolation when short."""
-
-    def __init__(self, data: bytes) -> None:
-        self.data = data
-        self.pos = 0
-
-    def u32(self) -> int:
-        if self.pos + 4 > len(self.data):
-            raise ProtocolViolation("message too short")
-        (value,) = struct.unpack_from(">L", self.data, self.pos)
-        self.pos += 4
-        return value
-
-    def string(self) -> bytes:
-        length = self.u32()
-        if self.pos + length > len(self.data):
-            raise ProtocolViolation("string runs past the end of the message")
-        value = self.data[self.pos : self.pos + length]
-        self.pos += length
-        return value
-
-    def boolean(self) -> bool:
-        if self.pos >= len(self.data):
-            raise ProtocolViolation("message too short")
-        self.pos += 1
-        return self.data[self.pos - 1] != 0
-
-    def cstring(self) -> bytes:
-        """A string sshd reads as a C string: a NUL is allowed only as its last byte."""
-        value = self.string()
-        if b"\0" in value[:-1]:
-            raise ProtocolViolation("NUL byte inside a string")
-        return value
-
-    def skip_string(self) -> None:
-        length = self.u32()
-        if self.pos + length > len(self.data):
-            raise ProtocolViolation("string runs past the end of the message")
-        self.pos += length
-
-    def end(self) -> None:
-        if self.pos != len(self.data):
-            raise ProtocolViolation("trailing bytes at the end of the message")
-
-    def rest(self) -> bytes:
-        return self.data[self.pos :]
-
-
-# What the job's sshd (OpenSSH 9) reads from a client message, field by field: u uint32,
-# b boolean, s string, c string without NUL (sshd's cstring), m pty-req's terminal modes.
-# sshd ends its whole connection -- every client's sessions on that leg -- on a message
-# it cannot parse, so the relay refuses such a message first and drops only its sender.
-_CLIENT_FIELDS = {
-    CHANNEL_WINDOW_ADJUST: "uu", CHANNEL_DATA: "us", CHANNEL_EXTENDED_DATA: "uus", CHANNEL_EOF: "u",
-    CHANNEL_CLOSE: "u", CHANNEL_SUCCESS: "u", CHANNEL_FAILURE: "u", CHANNEL_OPEN_CONFIRMATION: "uuuu",
-    CHANNEL_OPEN_FAILURE: "uucs",
-}
-_OPEN_FIELDS = {b"session": "", b"direct-tcpip": "cucu", b"direct-streamlocal@openssh.com": "ccu",
-                b"tun@openssh.com": "uu"}
-_REQUEST_FIELDS = {
-    b"shell": "", b"exec": "c", b"subsystem": "c", b"env": "cc", b"x11-req": "bccu", b"pty-req": "cuuuum",
-    b"auth-agent-req@openssh.com": "", b"window-change": "uuuu", b"break": "u", b"signal": "c",
-    b"eow@openssh.com": "",
-}
-_GLOBAL_FIELDS = {b"tcpip-forward": "cu", b"cancel-tcpip-forward": "cu", b"streamlocal-forward@openssh.com": "c",
-                  b"cancel-streamlocal-forward@openssh.com": "c"}
-
-
-def _check_client_message(msgnum: int, payload: bytes) -> None:
-    """Raise ProtocolViolation for a client message the job's sshd could not parse.
-
-    Only the fields sshd reads are checked: it answers unknown open, request and global
-    request types without reading past their common fields.
-    """
-    reader = _Reader(payload)
-    if msgnum == CHANNEL_OPEN:
-        common, specific = "uuu", _OPEN_FIELDS.get(reader.cstring())
-    elif msgnum == CHANNEL_REQUEST:
-        reader.u32()
-        common, specific = "b", _REQUEST_FIELDS.get(reader.cstring())
-    elif msgnum == GLOBAL_REQUEST:
-        common, specific = "b", _GLOBAL_FIELDS.get(reader.cstring())
-    else:
-        common, specific = "", _CLIENT_FIELDS.get(msgnum)
-    for code in common + (specific or ""):
-        _READ_FIELD[code](reader)
-    if specific is not None:
-        reader.end()
-
-
-def _check_tty_modes(reader: _Reader) -> None:
-    """sshd's parse of pty-req's encoded modes: opcodes 1-159 take a uint32; 0 or 160+ end it."""
-    modes = _Reader(reader.string())
-    while modes.pos < len(modes.data):
-        opcode = modes.data[modes.pos]
-        modes.pos += 1
-        if opcode == 0 or opcode >= 160:
-            return
-        modes.u32()
-
-
-_READ_FIELD = {"u": _Reader.u32, "b": _Reader.boolean, "s": _Reader.skip_string, "c": _Reader.cstring,
-               "m": _check_tty_modes}
-
-
-def _check_size(msgnum: int, payload: bytes) -> None:
-    """Raise ProtocolViolation for a message the other leg's peer would refuse once re-padded
-    for that leg's cipher; channel data is split instead (at the receiver's packet size)."""
-    if len(payload) > MAX_PAYLOAD and msgnum not in _DATA_MESSAGES:
-        raise ProtocolViolation(f"message {msgnum} of {len(payload) + 1} bytes is longer than the other side "
-                                f"takes ({MAX_PAYLOAD + 1})")
-
-
-def _forward_key(name: bytes, request: _Reader) -> tuple[bytes, int] | bytes:
-    """What a (cancel-)forward request's fields name: (address, port) or a socket path."""
-    if name in (b"tcpip-forward", b"cancel-tcpip-forward"):
-        return request.string(), request.u32()
-    return request.string()
-
-
-class ClientLink(Protocol):
-    """What the relay needs from one client connection."""
-
-    def send(self, msgnum: int, payload: bytes) -> None: ...
-
-    def hold_reading(self, held: bool) -> None:
-        """Stop (or resume) reading from the client: a leg it writes to is congested."""
-
-    def disconnect(self, reason: str, closing: int = 0) -> None:
-        """End the connection; `closing` channels were just closed and await the client's close."""
-
-
-class LegLink(Protocol):
-    """What the relay needs from one upstream connection to the job."""
-
-    def send(self, msgnum: int, payload: bytes) -> None: ...
-
-
-@dataclass(eq=False)
-class Client:
-    """One client connection attached to the relay."""
-
-    link: ClientLink
-    channels: set[int] = field(default_factory=set)
-    attached: bool = True
-    no_more_sessions: bool = False
-
-
-@dataclass(eq=False)
-class Leg:
-    """One upstream connection as the relay sees it."""
-
-    link: LegLink
-    capacity: int  # session channels this connection takes (sshd's MaxSessions)
-    channels: set[int] = field(default_factory=set)
-    sessions: int = 0
-    pending_replies: deque[tuple[Client, bytes, bytes]] = field(default_factory=deque)
-    # tcpip-forward (address, port) and streamlocal-forward paths -> the client that asked
-    forwards: dict[tuple[bytes, int] | bytes, Client] = field(default_factory=dict)
-    owner: Client | None = None  # the client whose agent/X11 forwarding sessions alone it carries
-
-
-@dataclass(eq=False)
-class Flow:
-    """One direction of a channel, from its sender through the relay to its receiver."""
-
-    window: int = 0  # the receiver's window: what the relay may still send it
-    max_packet: int = 1  # the receiver's maximum packet size
-    limit: int = 0  # the most the relay grants the sender: min(CHANNEL_WINDOW, the receiver's largest window)
-    granted: int = 0  # what the sender may still send
-    queue: deque[tuple[int, bytes, int]] = field(default_factory=deque)  # (msgnum, payload, data sent so far)
-    queued: int = 0  # data bytes in the queue
-    extra: int = 0  # bytes of other messages in the queue
-
-    def receiver_window(self, window: int, max_packet: int) -> None:
-        self.window, self.max_packet = window, max(1, max_packet)
-        self.limit = min(CHANNEL_WINDOW, window)
-
-
-@dataclass(eq=False)
-class Channel:
-    relay_id: int
-    kind: bytes
-    client: Client
-    leg: Leg | None  # None while a session open waits for a leg
-    client_id: int | None  # the id the client knows it by (None until it confirms)
-    server_id: int | None  # the id the job's sshd knows it by (None until it confirms)
-    client_closed: bool = False
-    server_closed: bool = False
-    open_rest: bytes = b""  # window, packet size and type data of a pending client open
-    moved: bool = False  # a refused session open is tried once more elsewhere
-    client_eof: bool = False
-    pty_requested: bool = False
-    # a session the relay confirmed itself: the client's messages until the job confirms it
-    held: list[tuple[int, bytes]] | None = None
-    held_bytes: int = 0
-    forwarding: bool = False  # its client asked for agent or X11 forwarding before its leg was picked
-    leg_picked: bool = False
-    up: Flow = field(default_factory=Flow)  # from the client to the job
-    down: Flow = field(default_factory=Flow)  # from the job to the client
 
 
 class Relay:
@@ -455,10 +234,10 @@ class Relay:
             if channel.server_id is None:  # its open was still pending at the job
                 channel.client.link.send(
                     CHANNEL_OPEN_FAILURE,
-                    _open_failure(channel.client_id, OPEN_CONNECT_FAILED, b"connection to the job lost"),
+                    open_failure(channel.client_id, OPEN_CONNECT_FAILED, b"connection to the job lost"),
                 )
             else:
-                channel.client.link.send(CHANNEL_CLOSE, _u32(channel.client_id))
+                channel.client.link.send(CHANNEL_CLOSE, u32(channel.client_id))
 
     def detach(self, client: Client) -> None:
         """The client connection is gone: close its channels towards the job."""
@@ -485,13 +264,13 @@ class Relay:
             elif channel.client_id is None:
                 # the job opened it towards this client, which never answered
                 channel.leg.link.send(
-                    CHANNEL_OPEN_FAILURE, _open_failure(channel.server_id, OPEN_CONNECT_FAILED, b"client went away")
+                    CHANNEL_OPEN_FAILURE, open_failure(channel.server_id, OPEN_CONNECT_FAILED, b"client went away")
                 )
                 self._forget(channel)
             elif not channel.client_closed:
                 channel.client_closed = True
                 self._drop_queue(channel.up)
-                channel.leg.link.send(CHANNEL_CLOSE, _u32(channel.server_id))
+                channel.leg.link.send(CHANNEL_CLOSE, u32(channel.server_id))
                 self._forget_if_done(channel)
 
     def _drop_owned_leg(self, leg: Leg) -> None:
@@ -534,17 +313,17 @@ class Relay:
             note = f"condor-relay: {reason}{end}".encode()
             if channel.down.window < len(note):
                 continue  # no room to say it (a download filled the window): the disconnect message will
-            client.link.send(CHANNEL_EXTENDED_DATA, _u32(channel.client_id) + _u32(EXTENDED_DATA_STDERR) + _string(note))
-            client.link.send(CHANNEL_CLOSE, _u32(channel.client_id))
+            client.link.send(CHANNEL_EXTENDED_DATA, u32(channel.client_id) + u32(EXTENDED_DATA_STDERR) + string(note))
+            client.link.send(CHANNEL_CLOSE, u32(channel.client_id))
             told += 1
         return told
 
     def _cancel_forward(self, leg: Leg, key: tuple[bytes, int] | bytes) -> None:
         """Stop the job listening for a client that is gone (no reply wanted)."""
         if isinstance(key, tuple):
-            request = _string(b"cancel-tcpip-forward") + b"\0" + _string(key[0]) + _u32(key[1])
+            request = string(b"cancel-tcpip-forward") + b"\0" + string(key[0]) + u32(key[1])
         else:
-            request = _string(b"cancel-streamlocal-forward@openssh.com") + b"\0" + _string(key)
+            request = string(b"cancel-streamlocal-forward@openssh.com") + b"\0" + string(key)
         leg.link.send(GLOBAL_REQUEST, request)
 
     def _allocate(self, kind: bytes, client: Client, leg: Leg | None, client_id: int | None,
@@ -570,7 +349,7 @@ class Relay:
             if any(msgnum == CHANNEL_CLOSE for msgnum, _, _ in flow.queue):
                 _, link, recipient = self._route(channel, flow)  # the answer the other side waits for
                 if link is not None and recipient is not None:
-                    link.send(CHANNEL_CLOSE, _u32(recipient))
+                    link.send(CHANNEL_CLOSE, u32(recipient))
             self._drop_queue(flow)
             self._held -= flow.granted
             flow.granted = 0
@@ -654,7 +433,7 @@ class Relay:
         self._held += flow.granted
         if 2 * flow.granted < flow.limit:
             self._starved[flow] = channel
-        return _u32(flow.granted) + rest[4:]
+        return u32(flow.granted) + rest[4:]
 
     def _adjusted(self, channel: Channel, flow: Flow, amount: int) -> None:
         """The receiver of `flow` opened its window by `amount`."""
@@ -668,9 +447,9 @@ class Relay:
     def _forward(self, channel: Channel, flow: Flow, msgnum: int, payload: bytes) -> None:
         """Pass a channel message from `flow`'s sender on, behind what is queued before it."""
         size = 0
-        if msgnum in _DATA_MESSAGES:
-            start = _data_start(msgnum)
-            size = _Reader(payload[start - 4 : start]).u32()
+        if msgnum in DATA_MESSAGES:
+            start = data_start(msgnum)
+            size = Reader(payload[start - 4 : start]).u32()
             if start + size != len(payload):
                 raise ProtocolViolation(f"data on channel {channel.relay_id} does not match its length")
             if size > flow.granted:
@@ -684,12 +463,12 @@ class Relay:
         if msgnum == CHANNEL_CLOSE and channel.client_closed and channel.server_closed:
             self._drop_queue(flow)  # the other side closed already: what is queued is moot
         if not flow.queue and receiver not in self._congested and size <= min(flow.window, flow.max_packet):
-            link.send(msgnum, _readdressed(recipient, payload))
+            link.send(msgnum, readdressed(recipient, payload))
             if size:
                 flow.window -= size
                 self._release(channel, flow, size)
             return
-        if msgnum in _DATA_MESSAGES:
+        if msgnum in DATA_MESSAGES:
             flow.queued += size
         else:
             flow.extra += len(payload)
@@ -709,21 +488,21 @@ class Relay:
         queue = flow.queue
         while queue and receiver not in self._congested:
             msgnum, payload, done = queue[0]
-            if msgnum not in _DATA_MESSAGES:
+            if msgnum not in DATA_MESSAGES:
                 queue.popleft()
                 flow.extra -= len(payload)
-                link.send(msgnum, _readdressed(recipient, payload))
+                link.send(msgnum, readdressed(recipient, payload))
                 continue
-            start = _data_start(msgnum)
+            start = data_start(msgnum)
             left = len(payload) - start - done
             size = min(left, flow.window, flow.max_packet)
             if size <= 0 < left:
                 break
             if size == left and not done:
-                link.send(msgnum, _readdressed(recipient, payload))
+                link.send(msgnum, readdressed(recipient, payload))
             else:
                 begin = start + done
-                link.send(msgnum, b"".join((_u32(recipient), payload[4 : start - 4], _u32(size),
+                link.send(msgnum, b"".join((u32(recipient), payload[4 : start - 4], u32(size),
                                             memoryview(payload)[begin : begin + size])))
             if size == left:
                 queue.popleft()
@@ -762,7 +541,7 @@ class Relay:
             return
         flow.granted += amount
         self._held += amount
-        link.send(CHANNEL_WINDOW_ADJUST, _u32(recipient) + _u32(amount))
+        link.send(CHANNEL_WINDOW_ADJUST, u32(recipient) + u32(amount))
 
     def _drop_queue(self, flow: Flow) -> None:
         self._held -= flow.queued
@@ -775,13 +554,13 @@ class Relay:
         """Handle one connection-layer message from a client connection."""
         if not client.attached:
             return
-        _check_size(msgnum, payload)
-        _check_client_message(msgnum, payload)
+        check_size(msgnum, payload)
+        check_client_message(msgnum, payload)
         if msgnum in (CHANNEL_OPEN, GLOBAL_REQUEST) and not self._congested.isdisjoint(self._legs):
             # bypasses the channels' flow control: stop reading this client until the leg drains
             self._held_readers.add(client)
             client.link.hold_reading(True)
-        if msgnum in _CHANNEL_MESSAGES:
+        if msgnum in CHANNEL_MESSAGES:
             self._client_channel_message(client, msgnum, payload)
         elif msgnum == CHANNEL_OPEN:
             self._client_open(client, payload)
@@ -801,7 +580,7 @@ class Relay:
         return channel
 
     def _client_channel_message(self, client: Client, msgnum: int, payload: bytes) -> None:
-        reader = _Reader(payload)
+        reader = Reader(payload)
         channel = self._owned(client, reader.u32())
         if channel.held is not None:
             self._hold(channel, msgnum, payload)
@@ -839,11 +618,11 @@ class Relay:
         """A forwarding request as it may go to the channel's leg: on a leg its client does
         not own it would set up forwarding for others' sessions, so sshd gets one it refuses."""
         assert channel.leg is not None
-        reader = _Reader(payload)
+        reader = Reader(payload)
         reader.u32()
         if reader.string() not in _FORWARDING_REQUESTS or channel.leg.owner is channel.client:
             return payload
-        return payload[:4] + _string(_REFUSED_REQUEST) + bytes([reader.boolean()])
+        return payload[:4] + string(_REFUSED_REQUEST) + bytes([reader.boolean()])
 
     def _hold(self, channel: Channel, msgnum: int, payload: bytes) -> None:
         """A client message on a session the job has not confirmed yet: kept for it, and
@@ -858,7 +637,7 @@ class Relay:
             raise ProtocolViolation(f"message {msgnum} on channel {channel.relay_id} after its close")
         if msgnum in (CHANNEL_DATA, CHANNEL_EXTENDED_DATA):  # its window is 0 until then
             raise ProtocolViolation(f"data on channel {channel.relay_id} before its session started")
-        reader = _Reader(payload)
+        reader = Reader(payload)
         reader.u32()
         settles = False  # whether the leg it needs is known (or the client may await an answer)
         if msgnum == CHANNEL_CLOSE:
@@ -866,7 +645,7 @@ class Relay:
             if channel.leg is None:  # the job never heard of it
                 if channel in self._waiting:
                     self._waiting.remove(channel)
-                channel.client.link.send(CHANNEL_CLOSE, _u32(channel.client_id))
+                channel.client.link.send(CHANNEL_CLOSE, u32(channel.client_id))
                 self._forget(channel)
                 return
         elif msgnum == CHANNEL_WINDOW_ADJUST:  # the relay's own flow control takes it, as later on
@@ -901,41 +680,41 @@ class Relay:
         held, channel.held = channel.held or [], []
         if not channel.client.attached or channel.client_closed:
             if channel.client.attached:
-                channel.client.link.send(CHANNEL_CLOSE, _u32(channel.client_id))
+                channel.client.link.send(CHANNEL_CLOSE, u32(channel.client_id))
             self._forget(channel)
             return
         send = channel.client.link.send
         for msgnum, payload in held:
             if msgnum == CHANNEL_REQUEST:
-                request = _Reader(payload)
+                request = Reader(payload)
                 request.u32(), request.skip_string()
                 if request.boolean():
-                    send(CHANNEL_FAILURE, _u32(channel.client_id))
+                    send(CHANNEL_FAILURE, u32(channel.client_id))
         end = "\r\n" if channel.pty_requested else "\n"
         note = f"condor-relay: {reason}{end}".encode()
         if channel.down.window >= len(note):
-            send(CHANNEL_EXTENDED_DATA, _u32(channel.client_id) + _u32(EXTENDED_DATA_STDERR) + _string(note))
-        send(CHANNEL_CLOSE, _u32(channel.client_id))
+            send(CHANNEL_EXTENDED_DATA, u32(channel.client_id) + u32(EXTENDED_DATA_STDERR) + string(note))
+        send(CHANNEL_CLOSE, u32(channel.client_id))
 
     def _client_open(self, client: Client, payload: bytes) -> None:
-        reader = _Reader(payload)
+        reader = Reader(payload)
         kind = reader.string()
         sender = reader.u32()
         if kind == b"session" and client.no_more_sessions:
             client.link.send(
-                CHANNEL_OPEN_FAILURE, _open_failure(sender, OPEN_ADMINISTRATIVELY_PROHIBITED, b"no more sessions")
+                CHANNEL_OPEN_FAILURE, open_failure(sender, OPEN_ADMINISTRATIVELY_PROHIBITED, b"no more sessions")
             )
             return
         channel = self._allocate(kind, client, None, client_id=sender, server_id=None)
         channel.open_rest = reader.rest()
-        rest = _Reader(channel.open_rest)
+        rest = Reader(channel.open_rest)
         channel.down.receiver_window(rest.u32(), rest.u32())
         if kind != b"session":
             self._open_on_a_leg(channel)
             return
         channel.held = []  # its leg is picked once its requests say whether it forwards
-        client.link.send(CHANNEL_OPEN_CONFIRMATION, _u32(sender) + _u32(channel.relay_id) + _u32(0)
-                         + _u32(SESSION_MAX_PACKET))
+        client.link.send(CHANNEL_OPEN_CONFIRMATION, u32(sender) + u32(channel.relay_id) + u32(0)
+                         + u32(SESSION_MAX_PACKET))
 
     def _open_on_a_leg(self, channel: Channel) -> None:
         owner = self._owner_wanted(channel)
@@ -953,27 +732,27 @@ class Relay:
                 self._need_leg(owner)
             return
         self._place(channel, leg)
-        leg.link.send(CHANNEL_OPEN, _string(channel.kind) + _u32(channel.relay_id)
+        leg.link.send(CHANNEL_OPEN, string(channel.kind) + u32(channel.relay_id)
                       + self._granted_open(channel, channel.down, channel.open_rest))
 
     def _client_open_reply(self, client: Client, msgnum: int, payload: bytes) -> None:
-        reader = _Reader(payload)
+        reader = Reader(payload)
         channel = self._owned(client, reader.u32())
         if channel.client_id is not None or channel.server_id is None or channel.leg is None:
             raise ProtocolViolation(f"open reply for channel {channel.relay_id} that was not being opened")
         if msgnum == CHANNEL_OPEN_CONFIRMATION:
             channel.client_id = reader.u32()
             rest = reader.rest()
-            window = _Reader(rest)
+            window = Reader(rest)
             channel.down.receiver_window(window.u32(), window.u32())
-            channel.leg.link.send(msgnum, _u32(channel.server_id) + _u32(channel.relay_id)
+            channel.leg.link.send(msgnum, u32(channel.server_id) + u32(channel.relay_id)
                                   + self._granted_open(channel, channel.down, rest))
         else:
             self._forget(channel)
-            channel.leg.link.send(msgnum, _u32(channel.server_id) + reader.rest())
+            channel.leg.link.send(msgnum, u32(channel.server_id) + reader.rest())
 
     def _client_global_request(self, client: Client, payload: bytes) -> None:
-        reader = _Reader(payload)
+        reader = Reader(payload)
         name = reader.string()
         want_reply = reader.boolean()
         if name in _LOCAL_GLOBAL_REQUESTS:
@@ -984,8 +763,8 @@ class Relay:
                 client.link.send(REQUEST_FAILURE, b"")
             return
         leg = self._primary()
-        if name.startswith(b"cancel-") and name in _GLOBAL_FIELDS:
-            if leg.forwards.get(_forward_key(name, _Reader(reader.rest()))) is not client:
+        if name.startswith(b"cancel-") and name in GLOBAL_FIELDS:
+            if leg.forwards.get(forward_key(name, Reader(reader.rest()))) is not client:
                 if want_reply:  # not this client's forward: the job's sshd is not asked
                     client.link.send(REQUEST_FAILURE, b"")
                 return
@@ -997,15 +776,15 @@ class Relay:
 
     def from_leg(self, leg: Leg, msgnum: int, payload: bytes) -> None:
         """Handle one connection-layer message from the job's sshd on `leg`."""
-        _check_size(msgnum, payload)
-        if msgnum in _CHANNEL_MESSAGES:
+        check_size(msgnum, payload)
+        if msgnum in CHANNEL_MESSAGES:
             self._leg_channel_message(leg, msgnum, payload)
         elif msgnum in (CHANNEL_OPEN_CONFIRMATION, CHANNEL_OPEN_FAILURE):
             self._leg_open_reply(leg, msgnum, payload)
         elif msgnum == CHANNEL_OPEN:
             self._leg_open(leg, payload)
         elif msgnum == GLOBAL_REQUEST:
-            reader = _Reader(payload)
+            reader = Reader(payload)
             reader.string()
             if reader.boolean():  # e.g. keepalive; hostkeys-00 must not reach clients
                 leg.link.send(REQUEST_FAILURE, b"")
@@ -1014,8 +793,8 @@ class Relay:
         else:
             raise ProtocolViolation(f"unexpected message {msgnum} from the job")
 
-    def _leg_channel(self, leg: Leg, payload: bytes) -> tuple[Channel, _Reader]:
-        reader = _Reader(payload)
+    def _leg_channel(self, leg: Leg, payload: bytes) -> tuple[Channel, Reader]:
+        reader = Reader(payload)
         channel = self._channel(reader.u32())
         if channel.leg is not leg:
             raise ProtocolViolation(f"channel {channel.relay_id} is not on this connection")
@@ -1049,21 +828,21 @@ class Relay:
                 return
             self._forget(channel)
             if channel.client.attached:
-                channel.client.link.send(msgnum, _u32(channel.client_id) + reader.rest())
+                channel.client.link.send(msgnum, u32(channel.client_id) + reader.rest())
             return
         channel.server_id = reader.u32()
         channel.open_rest = b""
         rest = reader.rest()
-        window = _Reader(rest)
+        window = Reader(rest)
         channel.up.receiver_window(window.u32(), window.u32())
         if not channel.client.attached:
             channel.client_closed = True
-            leg.link.send(CHANNEL_CLOSE, _u32(channel.server_id))
+            leg.link.send(CHANNEL_CLOSE, u32(channel.server_id))
             return
         if channel.held is not None:
             self._replay(channel, rest)
             return
-        channel.client.link.send(msgnum, _u32(channel.client_id) + _u32(channel.relay_id)
+        channel.client.link.send(msgnum, u32(channel.client_id) + u32(channel.relay_id)
                                  + self._granted_open(channel, channel.up, rest))
 
     def _replay(self, channel: Channel, rest: bytes) -> None:
@@ -1071,9 +850,9 @@ class Relay:
         relay grants goes to the client, the held messages to the job, in order."""
         assert channel.held is not None and channel.server_id is not None
         held, channel.held, channel.held_bytes = channel.held, None, 0
-        granted = _Reader(self._granted_open(channel, channel.up, rest)).u32()
+        granted = Reader(self._granted_open(channel, channel.up, rest)).u32()
         if granted:
-            channel.client.link.send(CHANNEL_WINDOW_ADJUST, _u32(channel.client_id) + _u32(granted))
+            channel.client.link.send(CHANNEL_WINDOW_ADJUST, u32(channel.client_id) + u32(granted))
         for msgnum, payload in held:
             if msgnum == CHANNEL_REQUEST:
                 payload = self._forwarding_checked(channel, payload)
@@ -1100,24 +879,24 @@ class Relay:
             self._forget(channel)
 
     def _leg_open(self, leg: Leg, payload: bytes) -> None:
-        reader = _Reader(payload)
+        reader = Reader(payload)
         kind = reader.string()
         sender = reader.u32()
         window, max_packet = reader.u32(), reader.u32()
-        client = self._route_server_open(leg, kind, _Reader(reader.rest()))
+        client = self._route_server_open(leg, kind, Reader(reader.rest()))
         if client is None:
             leg.link.send(
                 CHANNEL_OPEN_FAILURE,
-                _open_failure(sender, OPEN_ADMINISTRATIVELY_PROHIBITED, b"no client for this " + kind + b" channel"),
+                open_failure(sender, OPEN_ADMINISTRATIVELY_PROHIBITED, b"no client for this " + kind + b" channel"),
             )
             return
         channel = self._allocate(kind, client, leg, client_id=None, server_id=sender)
         channel.up.receiver_window(window, max_packet)
-        client.link.send(CHANNEL_OPEN, _string(kind) + _u32(channel.relay_id)
+        client.link.send(CHANNEL_OPEN, string(kind) + u32(channel.relay_id)
                          + self._granted_open(channel, channel.up, payload[len(kind) + 8 :]))
 
     @staticmethod
-    def _route_server_open(leg: Leg, kind: bytes, extra: _Reader) -> Client | None:
+    def _route_server_open(leg: Leg, kind: bytes, extra: Reader) -> Client | None:
         """Pick the client a channel opened by the job's sshd belongs to: agent and X11
         channels only ever to the owner of the leg (no one's on a shared leg)."""
         if kind == b"forwarded-tcpip":
@@ -1134,17 +913,17 @@ class Relay:
             raise ProtocolViolation("global request reply with no request outstanding")
         client, name, data = leg.pending_replies.popleft()
         if msgnum == REQUEST_SUCCESS:
-            self._note_forward(leg, client, name, _Reader(data), payload)
+            self._note_forward(leg, client, name, Reader(data), payload)
         if client.attached:
             client.link.send(msgnum, payload)
 
-    def _note_forward(self, leg: Leg, client: Client, name: bytes, request: _Reader, reply: bytes) -> None:
+    def _note_forward(self, leg: Leg, client: Client, name: bytes, request: Reader, reply: bytes) -> None:
         """Remember which client a successful (cancel-)forward request belongs to."""
-        if name not in _GLOBAL_FIELDS:
+        if name not in GLOBAL_FIELDS:
             return
-        key = _forward_key(name, request)
+        key = forward_key(name, request)
         if name == b"tcpip-forward" and isinstance(key, tuple) and key[1] == 0 and len(reply) >= 4:
-            key = (key[0], _Reader(reply).u32())  # the port the job's sshd picked
+            key = (key[0], Reader(reply).u32())  # the port the job's sshd picked
         if name.startswith(b"cancel-"):
             leg.forwards.pop(key, None)
         elif client.attached:

@@ -18,8 +18,9 @@ from twisted.conch.ssh.common import NS, getNS
 from twisted.internet import interfaces
 from twisted.python.failure import Failure
 
+from relayd.common.errors import ProtocolViolation
 from relayd.daemon.job_session import JobSession
-from relayd.relay.core import CHANNEL_CLOSE, Client, ProtocolViolation
+from relayd.relay.core import CHANNEL_CLOSE, Client
 from relayd.ssh.packet_transport import PacketTransport
 from relayd.ssh.traffic import Traffic
 

@@ -12,12 +12,8 @@ from typing import Protocol
 
 from twisted.conch.ssh import keys
 
+from relayd.common.errors import HostKeyRefused, UnusablePath
 from relayd.ssh.relay_key import write_private
-from relayd.common.paths import UnusablePath
-
-
-class HostKeyRefused(Exception):
-    """The server presented a key the relay must not trust; str() is for the user."""
 
 
 class HostKeyPolicy(Protocol):

@@ -16,10 +16,10 @@ from twisted.internet import defer, protocol
 from twisted.internet.interfaces import IReactorSocket
 from twisted.python.failure import Failure
 
-from relayd.condor.negotiate import Credentials, NegotiationFailed
+from relayd.common.errors import HostKeyRefused, JobUnreachable
+from relayd.condor.negotiate import Credentials
 from relayd.ssh.packet_transport import PacketTransport
 from relayd.ssh.traffic import Traffic
-from relayd.ssh.job_keys import HostKeyRefused
 
 
 class _NegotiatedKeyAuth(userauth.SSHUserAuthClient):
@@ -89,13 +89,13 @@ class _UpstreamTransport(PacketTransport, transport.SSHClientTransport):
         self._upstream = upstream
         self._credentials = credentials
         self.disconnect_reason: str | None = None
-        self.refusal: NegotiationFailed | None = None  # why we broke off, if we did
+        self.refusal: HostKeyRefused | None = None  # why we broke off, if we did
 
     def verifyHostKey(self, hostKey: bytes, fingerprint: bytes) -> defer.Deferred[bool]:
         try:
             self._credentials.host_key.check(hostKey)
         except HostKeyRefused as exc:
-            self.refusal = NegotiationFailed(str(exc))
+            self.refusal = exc
             return defer.fail(self.refusal)
         return defer.succeed(True)
 
@@ -164,11 +164,11 @@ class UpstreamConnection:
     def _authenticated(self) -> None:
         self._ready.callback(self)
 
-    def _lost(self, reason: str | None, refusal: NegotiationFailed | None) -> None:
+    def _lost(self, reason: str | None, refusal: HostKeyRefused | None) -> None:
         self.closed = True
         if not self._ready.called:
             detail = f" ({reason})" if reason else ""
-            self._ready.errback(refusal or NegotiationFailed(f"the job's sshd closed the connection{detail}"))
+            self._ready.errback(refusal or JobUnreachable(f"the job's sshd closed the connection{detail}"))
         else:
             self._on_lost(self, reason)
 

@@ -24,16 +24,14 @@ from cryptography.hazmat.primitives.ciphers import Cipher, algorithms, modes
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 from cryptography.hazmat.primitives.poly1305 import Poly1305
 
+from relayd.common.errors import BadPacket
+
 # OpenSSH's PACKET_MAX_SIZE: the largest packet_length a peer may announce.
 MAX_PACKET_LENGTH = 256 * 1024
 _LENGTH = struct.Struct(">L")
 _ZERO_BLOCK = bytes(64)  # one ChaCha20 block
 T = TypeVar("T")
 _HEADER = struct.Struct(">LBB")  # packet_length, padding_length, message number
-
-
-class BadPacket(Exception):
-    """The peer sent a packet that cannot be opened; the connection must end."""
 
 
 class BadMac(BadPacket):

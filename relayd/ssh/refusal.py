@@ -15,6 +15,8 @@ import sys
 
 from twisted.internet import protocol, stdio
 
+from relayd.common.errors import ConfigError, UnusablePath
+
 REFUSAL_SECONDS = 20.0  # the client has this long to hear the reason
 
 
@@ -41,10 +43,10 @@ def serve(message: str) -> int:
     """Refuse the SSH client on stdin/stdout with `message`."""
     from twisted.internet import reactor
 
+    from relayd.common.paths import default_paths, private_dir
+    from relayd.config import Config, load_config
     from relayd.ssh.client_transport import ClientTransportFactory
-    from relayd.config import Config, ConfigError, load_config
     from relayd.ssh.relay_key import load_or_create
-    from relayd.common.paths import UnusablePath, default_paths, private_dir
 
     paths = default_paths()
     try:

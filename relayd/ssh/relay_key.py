@@ -10,7 +10,7 @@ from cryptography.hazmat.primitives.asymmetric import ed25519
 from twisted.conch.ssh import keys
 from twisted.logger import Logger
 
-from relayd.common.paths import UnusablePath
+from relayd.common.errors import UnusablePath
 
 HOST_KEY_ALIAS = "condor-relay"
 
