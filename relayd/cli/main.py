@@ -134,7 +134,7 @@ def cmd_status(args: argparse.Namespace, socket_path: str) -> int:
     import json
 
     from clientconf.daemonctl import status
-    from relayd.daemon.status import render
+    from relayd.cli.status import render
 
     document = status(socket_path)
     sys.stdout.write(json.dumps(document, indent=2) + "\n" if args.json else render(document))

@@ -20,9 +20,10 @@ import signal
 import socket
 import time
 from enum import Enum, auto
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any, Callable, Protocol
 
 from twisted.internet import defer, interfaces, protocol
+from twisted.internet.interfaces import IReactorTime
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 from zope.interface import implementer
@@ -40,10 +41,10 @@ from relayd.common.protocol import (
     parse_request,
     reply,
 )
-from relayd.daemon.status import snapshot
 
 if TYPE_CHECKING:
-    from relayd.daemon.service import RelayDaemon
+    from relayd.common.protocol import Connect
+    from relayd.daemon.job_session import JobSession
     from relayd.ssh.client_transport import ClientTransport
     from relayd.ssh.traffic import Traffic
 
@@ -57,6 +58,30 @@ def peer_uid(sock: socket.socket) -> int:
     return peer_credentials(sock)[1]
 
 
+class ControlService(Protocol):
+    """What a connection on the daemon's socket needs from the daemon, and no more."""
+
+    reactor: IReactorTime
+
+    def opened(self, connection: ControlConnection) -> None:
+        """A connection came (the daemon is no longer idle)."""
+
+    def closed(self, connection: ControlConnection) -> None:
+        """It went (it may have been refused before `opened`)."""
+
+    async def connect(self, request: Connect, progress: Callable[[str], None]) -> JobSession:
+        """The job's session once it is ready; raises a RelayError with the user's message."""
+
+    def client_transport(self) -> ClientTransport:
+        """A new SSH server transport for a client, with the relay's host key."""
+
+    def deliver_capture(self, token: str, payload: bytes, fd: int) -> None:
+        """Hand a negotiated socket to the negotiation waiting for it; ValueError if none is."""
+
+    def status(self, asking: ControlConnection) -> dict[str, Any]:
+        """The status document, without the asking connection."""
+
+
 class _State(Enum):
     AWAIT_REQUEST = auto()
     AWAIT_CAPTURE = auto()
@@ -66,8 +91,8 @@ class _State(Enum):
 
 @implementer(interfaces.IFileDescriptorReceiver)
 class ControlConnection(protocol.Protocol):
-    def __init__(self, daemon: RelayDaemon) -> None:
-        self._daemon = daemon
+    def __init__(self, service: ControlService) -> None:
+        self._service = service
         self._state = _State.AWAIT_REQUEST
         self._buffer = b""
         self._fds: list[int] = []
@@ -96,9 +121,8 @@ class ControlConnection(protocol.Protocol):
             self._state = _State.CLOSED
             self.transport.abortConnection()
             return
-        self._daemon.connections.add(self)
-        self._daemon.on_idle_change()
-        self._request_timer = self._daemon.reactor.callLater(REQUEST_TIMEOUT, self._request_timed_out)
+        self._service.opened(self)
+        self._request_timer = self._service.reactor.callLater(REQUEST_TIMEOUT, self._request_timed_out)
 
     def fileDescriptorReceived(self, descriptor: int) -> None:
         if self._state is _State.CLOSED or len(self._fds) >= 1:
@@ -147,7 +171,7 @@ class ControlConnection(protocol.Protocol):
             self._state = _State.AWAIT_CAPTURE
             return
         if isinstance(request, Status):
-            self.transport.write(json_reply(snapshot(self._daemon, asking=self)))
+            self.transport.write(json_reply(self._service.status(asking=self)))
             self._close()
             return
         if isinstance(request, Stop):
@@ -158,14 +182,14 @@ class ControlConnection(protocol.Protocol):
             return
         self.host = request.host
         self._start_ssh()
-        connecting = defer.ensureDeferred(self._daemon.connect(request, self._ssh_progress))
+        connecting = defer.ensureDeferred(self._service.connect(request, self._ssh_progress))
         connecting.addCallbacks(self._connected, self._connect_failed)
 
     def _start_ssh(self) -> None:
         """Answer OK and speak SSH from here on; what ssh sent with the request goes along."""
         self.transport.write(reply("OK"))
         self._state = _State.SSH
-        self._ssh = self._daemon.client_factory.buildProtocol(None)
+        self._ssh = self._service.client_transport()
         self._ssh.makeConnection(self.transport)
         if self._buffer:
             data, self._buffer = self._buffer, b""
@@ -182,7 +206,7 @@ class ControlConnection(protocol.Protocol):
             return
         assert self._capture is not None
         try:
-            self._daemon.captures.deliver(self._capture.token, payload, self._fds.pop())
+            self._service.deliver_capture(self._capture.token, payload, self._fds.pop())
         except ValueError as exc:
             self._fail(str(exc))
             return
@@ -239,9 +263,7 @@ class ControlConnection(protocol.Protocol):
             self._ssh.connectionLost(reason)
         if self.host is not None:
             self._log_end(was)
-        if self in self._daemon.connections:
-            self._daemon.connections.discard(self)
-            self._daemon.on_idle_change()
+        self._service.closed(self)
 
     def _log_end(self, state: _State) -> None:
         """One line per client connection: job, duration, bytes and outcome."""
@@ -265,8 +287,8 @@ class ControlConnection(protocol.Protocol):
 class ControlFactory(protocol.Factory):
     noisy = False
 
-    def __init__(self, daemon: RelayDaemon) -> None:
-        self._daemon = daemon
+    def __init__(self, service: ControlService) -> None:
+        self._service = service
 
     def buildProtocol(self, addr):  # type: ignore[no-untyped-def]
-        return ControlConnection(self._daemon)
+        return ControlConnection(self._service)

@@ -7,7 +7,7 @@ import os
 import socket
 import time
 from pathlib import Path
-from typing import TYPE_CHECKING, Callable
+from typing import TYPE_CHECKING, Any, Callable
 
 from twisted.internet import defer, threads
 from twisted.internet.task import deferLater
@@ -24,7 +24,8 @@ from relayd.config import Config
 from relayd.daemon.control import ControlFactory
 from relayd.daemon.job_session import JobSession, Progress
 from relayd.daemon.job_watch import JobWatcher
-from relayd.ssh.client_transport import ClientTransportFactory
+from relayd.daemon.status import snapshot
+from relayd.ssh.client_transport import ClientTransport, ClientTransportFactory
 from relayd.ssh.job_keys import NegotiatedKey
 from relayd.ssh.packet_transport import PacketTransport
 from relayd.ssh.relay_key import load_or_create
@@ -101,6 +102,32 @@ class RelayDaemon:
     @property
     def negotiations(self) -> int:
         return self.reacher.negotiations
+
+    # -- what its control connections need (ControlService) ------------------------------
+
+    def opened(self, connection: ControlConnection) -> None:
+        self.connections.add(connection)
+        self.on_idle_change()
+
+    def closed(self, connection: ControlConnection) -> None:
+        if connection in self.connections:
+            self.connections.discard(connection)
+            self.on_idle_change()
+
+    def client_transport(self) -> ClientTransport:
+        return self.client_factory.buildProtocol(None)
+
+    def deliver_capture(self, token: str, payload: bytes, fd: int) -> None:
+        self.captures.deliver(token, payload, fd)
+
+    def status(self, asking: ControlConnection) -> dict[str, Any]:
+        on_demand = self.activation != "foreground"
+        return snapshot(
+            started=self.started, activation=self.activation, paths=self.paths, domain=self.config.domain,
+            exit_when_idle=self.config.exit_when_idle if on_demand and self.config.exit_when_idle > 0 else None,
+            negotiations=self.negotiations, sessions=list(self.jobs.values()),
+            clients=[c for c in self.connections if c is not asking and c.host is not None],
+        )
 
     def _watcher(self) -> JobWatcher:
         return JobWatcher(self.reactor, self.config.watch_interval, lambda: list(self.jobs.values()),

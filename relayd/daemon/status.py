@@ -8,16 +8,14 @@ from __future__ import annotations
 
 import os
 import time
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Protocol
 
 from relayd import __version__
-from relayd.cli.tables import table
-from relayd.common.humanize import duration, size
 
 if TYPE_CHECKING:
-    from relayd.daemon.control import ControlConnection
+    from relayd.common.paths import Paths
     from relayd.daemon.job_session import JobSession
-    from relayd.daemon.service import RelayDaemon
+    from relayd.ssh.traffic import Traffic
 
 
 def _rounded(seconds: float) -> float:
@@ -43,7 +41,18 @@ def _upstream(session: JobSession, domain: str) -> dict[str, Any]:
     }
 
 
-def _client(connection: ControlConnection) -> dict[str, Any]:
+class ClientView(Protocol):
+    """What the snapshot reads of a client's connection on the socket."""
+
+    host: str | None
+    state: str
+    opened: float  # time.monotonic() when it connected
+
+    @property
+    def traffic(self) -> Traffic | None: ...
+
+
+def _client(connection: ClientView) -> dict[str, Any]:
     traffic = connection.traffic
     return {
         "host": connection.host,
@@ -54,50 +63,19 @@ def _client(connection: ControlConnection) -> dict[str, Any]:
     }
 
 
-def snapshot(daemon: RelayDaemon, asking: ControlConnection | None = None) -> dict[str, Any]:
-    """The daemon's state; `asking` (the STATUS request's own connection) is left out."""
-    config = daemon.config
-    on_demand = daemon.activation != "foreground"
+def snapshot(*, started: float, activation: str, paths: Paths, domain: str, exit_when_idle: float | None,
+             negotiations: int, sessions: list[JobSession], clients: list[ClientView]) -> dict[str, Any]:
+    """The daemon's state: its job sessions and its SSH clients."""
     return {
         "pid": os.getpid(),
         "version": __version__,
-        "started": daemon.started,
-        "uptime": _rounded(time.time() - daemon.started),
-        "socket": str(daemon.paths.socket),
-        "config_file": str(daemon.paths.config_file),
-        "activation": daemon.activation,
-        "exit_when_idle": config.exit_when_idle if on_demand and config.exit_when_idle > 0 else None,
-        "negotiations": daemon.negotiations,
-        "upstreams": [_upstream(s, config.domain) for s in daemon.jobs.values()],
-        "clients": [
-            _client(c) for c in sorted(daemon.connections, key=lambda c: c.opened)
-            if c is not asking and c.host is not None
-        ],
+        "started": started,
+        "uptime": _rounded(time.time() - started),
+        "socket": str(paths.socket),
+        "config_file": str(paths.config_file),
+        "activation": activation,
+        "exit_when_idle": exit_when_idle,
+        "negotiations": negotiations,
+        "upstreams": [_upstream(session, domain) for session in sessions],
+        "clients": [_client(c) for c in sorted(clients, key=lambda c: c.opened)],
     }
-
-
-def render(document: dict[str, Any]) -> str:
-    """The status document for people (`relayd status` without --json)."""
-    how = {"foreground": "run in the foreground", "helper": "started by the helper", "systemd": "started by systemd"}
-    started = how.get(document["activation"], document["activation"])
-    idle = f"; exits after {duration(document['exit_when_idle'])} idle" if document["exit_when_idle"] else ""
-    lines = [
-        f"relayd {document['version']}, pid {document['pid']}, up {duration(document['uptime'])} ({started}{idle})",
-        f"socket {document['socket']}; {document['negotiations']} negotiation(s) so far",
-    ]
-    upstreams = document["upstreams"]
-    lines.append(f"upstreams: {len(upstreams)}")
-    if upstreams:
-        header = ["JOB", "SCHEDD", "SLOT", "STATE", "AGE", "IDLE", "CONNS", "CLIENTS", "CHANNELS", "TO JOB",
-                  "FROM JOB", "NEGOTIATIONS"]
-        rows = [[u["job"], u["schedd"] or "local", u["slot"] or "-", u["state"], duration(u["age"]),
-                 duration(u["idle"]), str(u["connections"]), str(u["clients"]), str(u["channels"]),
-                 size(u["bytes_to_job"]), size(u["bytes_from_job"]), str(u["negotiations"])] for u in upstreams]
-        lines += table(header, rows, indent="  ")
-    clients = document["clients"]
-    lines.append(f"clients: {len(clients)}")
-    if clients:
-        rows = [[c["host"], c["state"], duration(c["age"]), size(c["bytes_to_client"]), size(c["bytes_from_client"])]
-                for c in clients]
-        lines += table(["HOST", "STATE", "AGE", "TO CLIENT", "FROM CLIENT"], rows, indent="  ")
-    return "\n".join(lines) + "\n"
