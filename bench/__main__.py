@@ -33,9 +33,9 @@ def run(args: argparse.Namespace) -> dict[str, Scenario]:
     rig = Rig(args.relayd)
     results: list[Scenario] = []
     try:
-        # The generated block as users get it (ssh's ControlMaster in front); a short
+        # The generated block as users get it (each ssh a client of the relay); a short
         # idle_timeout lets the cold-connect samples start from no upstream quickly.
-        rig.start_relay(idle_timeout=3, ssh_multiplexing=True)
+        rig.start_relay(idle_timeout=3)
         steps = [
             lambda: [scenarios.helper_startup(rig, args.repeat * 2)],
             lambda: [scenarios.warm_connect(rig, args.repeat * 2)],
