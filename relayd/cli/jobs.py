@@ -8,7 +8,8 @@ from dataclasses import dataclass
 from relayd.cli.tables import table
 from relayd.common.errors import LookupFailed
 from relayd.common.humanize import duration
-from relayd.condor.lookup import RUNNING, Action, Ad, assess, make_source
+from relayd.common.jobstates import RUNNING
+from relayd.condor.lookup import Action, Ad, assess, make_source
 from relayd.condor.names import JobName
 from relayd.config import Config
 

@@ -16,12 +16,22 @@ from typing import Any, Iterable, Protocol
 
 from relayd.common.errors import LookupFailed
 from relayd.common.humanize import duration
+from relayd.common.jobstates import (
+    COMPLETED,
+    GRID,
+    HELD,
+    IDLE,
+    PARALLEL,
+    REMOVED,
+    RUNNING,
+    SCHEDULER,
+    SUSPENDED,
+    TRANSFERRING_OUTPUT,
+    UNIVERSE_NAMES,
+)
 from relayd.common.termsafe import htcondor_text
 from relayd.condor.names import JobName
 from relayd.config import Config, ScheddConfig
-
-IDLE, RUNNING, REMOVED, COMPLETED, HELD, TRANSFERRING_OUTPUT, SUSPENDED = range(1, 8)
-SCHEDULER_UNIVERSE, GRID_UNIVERSE, PARALLEL_UNIVERSE = 7, 9, 11
 
 ATTRIBUTES = [
     "ClusterId", "ProcId", "JobStatus", "Owner", "HoldReason", "JobUniverse", "GridResource",
@@ -44,7 +54,7 @@ def job_constraint(jobs: Iterable[JobName] | None, owner: str) -> str:
     return " || ".join(f"(ClusterId == {j.cluster} && ProcId == {j.proc})" for j in jobs) or "false"
 
 
-def _safe(ads: list[Ad]) -> list[Ad]:
+def safe_ads(ads: list[Ad]) -> list[Ad]:
     """The ads with every string made safe for a terminal: HoldReason and the rest are the job's or the pool's."""
     return [{key: htcondor_text(value) if isinstance(value, str) else value for key, value in ad.items()}
             for ad in ads]
@@ -52,28 +62,6 @@ def _safe(ads: list[Ad]) -> list[Ad]:
 
 def find(ads: list[Ad], job: JobName) -> Ad | None:
     return next((ad for ad in ads if ad.get("ClusterId") == job.cluster and ad.get("ProcId") == job.proc), None)
-
-
-class SandboxSource:
-    """Reads the sandbox pool's job table, as a schedd query would return it."""
-
-    def __init__(self, pool_dir: str, schedd: str | None = None) -> None:
-        self._pool_dir = pool_dir
-        self._schedd = schedd
-
-    def query(self, jobs: Iterable[JobName] | None) -> list[Ad]:
-        from relayd.sandbox.pool import PoolError, load_ads, pool_settings
-
-        try:
-            if self._schedd is not None and self._schedd != pool_settings(self._pool_dir).schedd_name:
-                raise LookupFailed(f"schedd {self._schedd!r} not found in the sandbox pool")
-            ads = load_ads(self._pool_dir)
-        except (OSError, PoolError) as exc:
-            raise LookupFailed(f"cannot read the sandbox pool at {self._pool_dir}: {htcondor_text(str(exc))}") from None
-        if jobs is None:
-            return _safe(ads)  # the sandbox pool's jobs all belong to its one user
-        wanted = {(job.cluster, job.proc) for job in jobs}
-        return _safe([ad for ad in ads if (ad.get("ClusterId"), ad.get("ProcId")) in wanted])
 
 
 class HTCondorSource:
@@ -106,12 +94,14 @@ class HTCondorSource:
         except Exception as exc:  # HTCondorException, IOError, ValueError from the bindings
             where = f"schedd {self._schedd_name!r}" if self._schedd_name else "the local schedd"
             raise LookupFailed(f"cannot query {where}: {htcondor_text(str(exc))}") from None
-        return _safe([ad_to_dict(ad) for ad in ads])
+        return safe_ads([ad_to_dict(ad) for ad in ads])
 
 
 def make_source(config: Config, schedd: ScheddConfig) -> JobSource | None:
     """The job source `job_lookup` names for a schedd, or None when lookups are off."""
     if config.job_lookup == "sandbox":
+        from relayd.sandbox.source import SandboxSource  # the stand-in pool, for demos and tests
+
         assert config.sandbox_pool is not None
         return SandboxSource(config.sandbox_pool, schedd.name)
     if config.job_lookup == "htcondor":
@@ -152,12 +142,12 @@ def assess(job: JobName, ad: Ad | None, now: float | None = None) -> Verdict:
     for_how_long = f" for {duration((now or time.time()) - since)}" if isinstance(since, (int, float)) else ""
     universe = ad.get("JobUniverse")
     grid = str(ad.get("GridResource") or "")
-    if universe == GRID_UNIVERSE and grid.lower().startswith("ec2"):
+    if universe == GRID and grid.lower().startswith("ec2"):
         if status == RUNNING:
             return Verdict(Action.EC2)
-    elif universe in (GRID_UNIVERSE, SCHEDULER_UNIVERSE):
+    elif universe in (GRID, SCHEDULER):
         return Verdict(Action.REFUSE, f"job {job_id} does not support remote access ({_universe(universe)} universe)")
-    if universe == PARALLEL_UNIVERSE and job.node is None and status == RUNNING:
+    if universe == PARALLEL and job.node is None and status == RUNNING:
         return Verdict(Action.REFUSE, f"job {job_id} is a parallel job: name a node, e.g. job-{job_id}.0.<domain>")
     if status == RUNNING:
         return Verdict(Action.NEGOTIATE)
@@ -188,4 +178,4 @@ def left_running(job: JobName, ad: Ad | None) -> str | None:
 
 
 def _universe(number: object) -> str:
-    return {SCHEDULER_UNIVERSE: "scheduler", GRID_UNIVERSE: "grid"}.get(number, str(number))  # type: ignore[arg-type]
+    return UNIVERSE_NAMES.get(number, str(number))  # type: ignore[call-overload]

@@ -15,8 +15,10 @@ import time
 from collections.abc import Sequence
 from typing import Any
 
+from relayd.common.jobstates import HELD, STATUS_NAMES, UNIVERSE_BY_NAME, UNIVERSE_NAMES
+
 from .jobuser import DEFAULT_JOB_USER, JobUserError
-from .layout import HELD, SETTABLE_STATUSES, STATUS_NAMES, UNIVERSE_BY_NAME, UNIVERSE_NAMES, PoolError, PoolSettings
+from .layout import SETTABLE_STATUSES, PoolError, PoolSettings
 from .pool import create_pool, load_ads, set_status, stop_pool, submit_cluster
 
 _SET_STATUSES = tuple(STATUS_NAMES[code] for code in SETTABLE_STATUSES)

@@ -22,28 +22,27 @@ from typing import Any
 
 import yaml
 
+from relayd.common.jobstates import (
+    COMPLETED,
+    GRID,
+    HELD,
+    IDLE,
+    REMOVED,
+    RUNNING,
+    SCHEDULER,
+)
+
 from .jobuser import DEFAULT_JOB_USER
 
 POOL_ENV = "CONDOR_RELAY_SANDBOX"
 # The name the wrapper was invoked by; the real tool puts its argv[0] in %x.
 ARGV0_ENV = "CONDOR_RELAY_SANDBOX_ARGV0"
 
-# htcondor2.JobStatus values.
-IDLE, RUNNING, REMOVED, COMPLETED, HELD, TRANSFERRING_OUTPUT, SUSPENDED = range(1, 8)
-STATUS_BY_NAME = {"idle": IDLE, "running": RUNNING, "removed": REMOVED,
-                  "completed": COMPLETED, "held": HELD,
-                  "transferring_output": TRANSFERRING_OUTPUT, "suspended": SUSPENDED}
-STATUS_NAMES = {value: name for name, value in STATUS_BY_NAME.items()}
 # What submit and set_status can put a job into.
 SETTABLE_STATUSES = (IDLE, RUNNING, REMOVED, COMPLETED, HELD)
 # A removed or completed job has left the queue (it is in the history).
 LEFT_QUEUE = (REMOVED, COMPLETED)
 
-# JobUniverse values (condor_universe.h).
-VANILLA, SCHEDULER, MPI, GRID, PARALLEL = 5, 7, 8, 9, 11
-UNIVERSE_BY_NAME = {"vanilla": VANILLA, "scheduler": SCHEDULER, "grid": GRID,
-                    "parallel": PARALLEL}
-UNIVERSE_NAMES = {value: name for name, value in UNIVERSE_BY_NAME.items()} | {MPI: "mpi"}
 # Universes whose jobs run in a slot of an execute machine (with a starter).
 SLOTLESS = (SCHEDULER, GRID)
 

@@ -28,21 +28,16 @@ from typing import Any
 
 import yaml
 
+from relayd.common.jobstates import COMPLETED, HELD, PARALLEL, RUNNING, STATUS_BY_NAME, STATUS_NAMES, VANILLA
+
 from . import jobprocs
 from .jobuser import JobUser, current_user_name, ensure_job_user, resolve_job_user
 from .layout import (
     ARGV0_ENV,
-    COMPLETED,
-    HELD,
     LEFT_QUEUE,
-    PARALLEL,
     POOL_ENV,
-    RUNNING,
     SETTABLE_STATUSES,
     SLOTLESS,
-    STATUS_BY_NAME,
-    STATUS_NAMES,
-    VANILLA,
     PoolError,
     PoolLayout,
     PoolSettings,

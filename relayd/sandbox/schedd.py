@@ -11,20 +11,9 @@ from __future__ import annotations
 import time
 from typing import Any
 
-from .layout import (
-    GRID,
-    HELD,
-    LEFT_QUEUE,
-    MPI,
-    PARALLEL,
-    RUNNING,
-    SCHEDULER,
-    SUSPENDED,
-    TRANSFERRING_OUTPUT,
-    PoolLayout,
-    PoolSettings,
-    find_ad,
-)
+from relayd.common.jobstates import GRID, HELD, MPI, PARALLEL, RUNNING, SCHEDULER, SUSPENDED, TRANSFERRING_OUTPUT
+
+from .layout import LEFT_QUEUE, PoolLayout, PoolSettings, find_ad
 
 # Default QUEUE_SUPER_USERS: they may act on anyone's jobs.
 QUEUE_SUPER_USERS = ("root", "condor")

@@ -23,10 +23,12 @@ from pathlib import Path
 from types import FrameType
 from typing import Any, NoReturn
 
+from relayd.common.jobstates import HELD, RUNNING
+
 from . import schedd, session, sshcmd
 from .condor_args import join_for_display
 from .jobuser import JobUserError, current_user_name
-from .layout import ARGV0_ENV, HELD, POOL_ENV, RUNNING, PoolError, PoolLayout, PoolSettings
+from .layout import ARGV0_ENV, POOL_ENV, PoolError, PoolLayout, PoolSettings
 from .pool import set_status
 from .starter import SSH_KEYGEN, StarterError, start_sshd
 from .tool_args import USAGE, CommandLineError, HelpRequested, Options, parse_args

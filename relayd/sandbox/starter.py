@@ -21,10 +21,12 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from relayd.common.jobstates import SUSPENDED, TRANSFERRING_OUTPUT
+
 from . import jobprocs, sshd_config
 from .condor_args import ArgsError, join_system, split_v2_raw
 from .jobuser import JobUser, resolve_job_user, run_as
-from .layout import SUSPENDED, TRANSFERRING_OUTPUT, PoolLayout, PoolSettings
+from .layout import PoolLayout, PoolSettings
 from .processes import spawn_detached
 
 SSH_KEYGEN = "/usr/bin/ssh-keygen"
