@@ -45,7 +45,7 @@ def test_the_helper_imports_only_light_standard_modules(relay, tmp_path, helper)
     ours = {"relayd", "clientconf"}
     assert {m for m in new if m.split(".")[0] not in sys.stdlib_module_names | ours} == set()
     assert {m for m in new if m.split(".")[0] in ours} - {"relayd.cli", "relayd.cli.main"} == {
-        "relayd", "relayd.common", "relayd.common.humanize", "relayd.common.paths", "relayd.common.peercred", "relayd.common.protocol",
+        "relayd", "relayd.common", "relayd.common.errors", "relayd.common.humanize", "relayd.common.paths", "relayd.common.peercred", "relayd.common.protocol",
         "clientconf", "clientconf.autostart", "clientconf.connect", "clientconf.progress",
     }
     assert new & SLOW == set()

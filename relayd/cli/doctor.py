@@ -147,8 +147,8 @@ def _with_timeout(call: Callable[[], object], seconds: float) -> object:
 
 def check_job_lookup(config: Config) -> Iterator[Finding]:
     """Ask the job source about a job that cannot exist: it must answer, not fail."""
-    from relayd.condor.lookup import make_source
     from relayd.condor.names import JobName
+    from relayd.condor.sources import make_source
 
     if config.job_lookup == "none":
         yield _ok("job lookup", "job_lookup: none (condor_ssh_to_job's own messages only)")

@@ -9,8 +9,9 @@ from relayd.cli.tables import table
 from relayd.common.errors import LookupFailed
 from relayd.common.humanize import duration
 from relayd.common.jobstates import RUNNING
-from relayd.condor.lookup import Action, Ad, assess, make_source
+from relayd.condor.lookup import Action, Ad, assess
 from relayd.condor.names import JobName
+from relayd.condor.sources import make_source
 from relayd.config import Config
 
 _STATES = {1: "idle", 2: "running", 3: "removed", 4: "completed", 5: "held", 6: "transferring output",

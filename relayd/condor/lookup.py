@@ -31,7 +31,6 @@ from relayd.common.jobstates import (
 )
 from relayd.common.termsafe import htcondor_text
 from relayd.condor.names import JobName
-from relayd.config import Config, ScheddConfig
 
 ATTRIBUTES = [
     "ClusterId", "ProcId", "JobStatus", "Owner", "HoldReason", "JobUniverse", "GridResource",
@@ -95,18 +94,6 @@ class HTCondorSource:
             where = f"schedd {self._schedd_name!r}" if self._schedd_name else "the local schedd"
             raise LookupFailed(f"cannot query {where}: {htcondor_text(str(exc))}") from None
         return safe_ads([ad_to_dict(ad) for ad in ads])
-
-
-def make_source(config: Config, schedd: ScheddConfig) -> JobSource | None:
-    """The job source `job_lookup` names for a schedd, or None when lookups are off."""
-    if config.job_lookup == "sandbox":
-        from relayd.sandbox.source import SandboxSource  # the stand-in pool, for demos and tests
-
-        assert config.sandbox_pool is not None
-        return SandboxSource(config.sandbox_pool, schedd.name)
-    if config.job_lookup == "htcondor":
-        return HTCondorSource(schedd.name, schedd.pool)
-    return None
 
 
 def ad_to_dict(ad: Any) -> Ad:

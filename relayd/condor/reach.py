@@ -11,6 +11,7 @@ from __future__ import annotations
 import getpass
 import time
 from dataclasses import dataclass
+from typing import Callable
 
 from twisted.internet import task, threads
 
@@ -18,11 +19,13 @@ from relayd.common.errors import JobUnreachable, NegotiationFailed
 from relayd.common.humanize import duration
 from relayd.common.paths import Paths
 from relayd.condor.ec2 import connect_instance
-from relayd.condor.lookup import Action, Ad, JobSource, assess, find, make_source
+from relayd.condor.lookup import Action, Ad, JobSource, assess, find
 from relayd.condor.names import JobName
 from relayd.condor.negotiate import Captures, Credentials, Negotiator
+from relayd.condor.sources import make_source
 from relayd.config import Config, ScheddConfig
-from relayd.daemon.job_session import Progress
+
+Progress = Callable[[str], None]  # told each step while a job is reached, for the user
 
 RETRY_INTERVAL = 2.0  # between retries of a job that is starting up
 # A waiting client is told how long it has waited this often: each report is a line on its

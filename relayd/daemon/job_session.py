@@ -22,13 +22,14 @@ from twisted.python.failure import Failure
 from relayd.common.errors import JobUnreachable, ProtocolViolation, RelayError
 from relayd.condor.names import JobName
 from relayd.condor.negotiate import Credentials
-from relayd.relay.core import Client, ClientLink, Leg, Relay
+from relayd.condor.reach import Progress
+from relayd.relay.core import Relay
+from relayd.relay.state import Client, ClientLink, Leg
 from relayd.ssh.job_transport import UpstreamConnection
 from relayd.ssh.traffic import Traffic
 
 log = Logger()
 
-Progress = Callable[[str], None]
 OpenLeg = Callable[[Progress, bool], Awaitable[Credentials]]  # (progress, first leg?) -> credentials
 # Why the job's connection was lost, as the schedd tells it (None: it still runs, or cannot say).
 ExplainLoss = Callable[[JobName], Awaitable["str | None"]]

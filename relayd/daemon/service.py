@@ -19,10 +19,10 @@ from relayd.common.protocol import Connect
 from relayd.condor.lookup import JobSource, find, left_running
 from relayd.condor.names import JobName, parse_host
 from relayd.condor.negotiate import Captures, Credentials
-from relayd.condor.reach import Reacher, Request
+from relayd.condor.reach import Progress, Reacher, Request
 from relayd.config import Config
 from relayd.daemon.control import ControlFactory
-from relayd.daemon.job_session import JobSession, Progress
+from relayd.daemon.job_session import JobSession
 from relayd.daemon.job_watch import JobWatcher
 from relayd.daemon.status import snapshot
 from relayd.ssh.client_transport import ClientTransport, ClientTransportFactory

@@ -1,5 +1,11 @@
 """The relay core: many client SSH connections share a job's upstream connections.
 
+(One module of some 900 lines, on purpose: `Relay` is one state machine whose parts --
+channel routing, per-channel flow control, held sessions and owned legs -- read and change
+the same channel and leg records in one step; split across modules they would be coupled
+through private state. The wire format, sshd's parse rules and the records live beside it:
+relayd.relay.wire, .sshd_checks, .state.)
+
 Sans-IO: a `Relay` is fed connection-layer messages (RFC 4254, numbers 80-100) from the
 clients and from the job's upstream connections ("legs") and calls their `send`; it never
 touches a socket, so it is tested on its own.

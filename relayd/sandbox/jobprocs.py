@@ -15,7 +15,7 @@ from typing import Any
 
 from .jobuser import JobUser
 from .layout import PoolLayout
-from .processes import ProcessId, kill_tree, spawn_detached, wait_gone
+from .processes import ProcessId, kill_tree, sessions_under, spawn_detached, wait_gone
 
 _JOB_RECORD = "job"
 _SSHD_PREFIX = "sshd."
@@ -84,6 +84,8 @@ def vacate(layout: PoolLayout, cluster: int, proc: int, keep_sshds: bool = False
     run_dir = layout.run_dir(cluster, proc)
     records = [run_dir / _JOB_RECORD, *([] if keep_sshds else _sshd_records(run_dir))]
     processes = [p for p in map(_read_record, records) if p is not None]
+    if not keep_sshds:  # as the starter kills the slot's whole family: sessions whose sshd has gone too
+        processes += sessions_under(layout.scratch_dir(cluster, proc))
     for process in processes:
         kill_tree(process)
     wait_gone(processes)

@@ -167,6 +167,29 @@ def kill_tree(process: ProcessId) -> None:
         _signal(pid, signal.SIGKILL)
 
 
+def sessions_under(directory: Path) -> list[ProcessId]:
+    """Session leaders whose command line names a path inside `directory`: the sessions an
+    sshd started there, which live on as orphans when that sshd has gone."""
+    prefix = str(directory).rstrip("/") + "/"
+    found = []
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit():
+            continue
+        pid = int(entry)
+        try:
+            with open(f"/proc/{pid}/cmdline", "rb") as file:
+                args = file.read().split(b"\0")
+            if os.getsid(pid) != pid:
+                continue
+        except OSError:
+            continue
+        if any(arg.decode(errors="replace").startswith(prefix) for arg in args):
+            process = ProcessId.of(pid)
+            if process is not None:
+                found.append(process)
+    return found
+
+
 def _parent_links() -> list[tuple[int, int]]:
     links = []
     for entry in os.listdir("/proc"):

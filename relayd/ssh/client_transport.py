@@ -1,4 +1,4 @@
-"""The client leg: ssh talks SSH to the relay's own host key over the daemon's unix socket.
+"""The client side: ssh talks SSH to the relay's own host key over the daemon's unix socket.
 
 The helper hands ssh this socket at once, so the key exchange with the relay overlaps the
 job's lookup and negotiation. The socket's peer was already checked to be the daemon's own
@@ -13,14 +13,18 @@ job's `Relay` untouched but for channel ids.
 
 from __future__ import annotations
 
+from typing import Protocol
+
 from twisted.conch.ssh import factory, keys, service, transport, userauth
 from twisted.conch.ssh.common import NS, getNS
 from twisted.internet import interfaces
 from twisted.python.failure import Failure
 
 from relayd.common.errors import ProtocolViolation
-from relayd.daemon.job_session import JobSession
-from relayd.relay.core import CHANNEL_CLOSE, Client
+from relayd.condor.names import JobName
+from relayd.relay.core import Relay
+from relayd.relay.state import Client, ClientLink
+from relayd.relay.wire import CHANNEL_CLOSE
 from relayd.ssh.packet_transport import PacketTransport
 from relayd.ssh.traffic import Traffic
 
@@ -72,6 +76,17 @@ class _ClientConnection(service.SSHService):
         self.transport.relay_from_client(messageNum, packet)
 
 
+class SharedSession(Protocol):
+    """What a client's transport needs from its job's session (relayd.daemon.job_session)."""
+
+    job: JobName
+    relay: Relay
+
+    def attach(self, link: ClientLink) -> Client: ...
+
+    def detach(self, client: Client) -> None: ...
+
+
 class ClientTransport(PacketTransport, transport.SSHServerTransport):
     """One ssh client's connection: authenticated once its job's session is ready.
 
@@ -79,7 +94,7 @@ class ClientTransport(PacketTransport, transport.SSHServerTransport):
     `refuse` (it cannot be had); the client's own pace decides when each takes effect.
     """
 
-    session: JobSession
+    session: SharedSession
     client: Client | None = None
     username = b""
     disconnect_reason: str | None = None  # why the relay ended this client, for the connection log
@@ -154,7 +169,7 @@ class ClientTransport(PacketTransport, transport.SSHServerTransport):
         if self.client is not None:
             self._accept()
 
-    def bind(self, session: JobSession) -> None:
+    def bind(self, session: SharedSession) -> None:
         """The job's session is ready: attach to it and let the client in."""
         if self._lost or self._disconnected:
             return
@@ -250,7 +265,7 @@ def _cancel(call: interfaces.IDelayedCall | None) -> None:
 
 
 class ClientTransportFactory(factory.SSHFactory):
-    """Builds client-leg transports that present the relay's host key."""
+    """Builds client-side transports that present the relay's host key."""
 
     noisy = False
     protocol = ClientTransport

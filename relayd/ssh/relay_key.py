@@ -11,8 +11,7 @@ from twisted.conch.ssh import keys
 from twisted.logger import Logger
 
 from relayd.common.errors import UnusablePath
-
-HOST_KEY_ALIAS = "condor-relay"
+from relayd.common.pinning import pinned_names
 
 log = Logger()
 
@@ -55,10 +54,8 @@ def _load(key_path: Path) -> keys.Key:
 
 
 def pin_line(public: keys.Key, domain: str) -> str:
-    """The known_hosts line pinning the relay's key: under the alias the generated block's
-    HostKeyAlias names (OpenSSH), and under the job names' pattern for clients without that
-    option, which look the key up by the host name they connect to."""
-    return f"{HOST_KEY_ALIAS},job-*.{domain} {public.toString('OPENSSH').decode()}\n"
+    """The known_hosts line pinning the relay's key (relayd.common.pinning says under which names)."""
+    return f"{pinned_names(domain)} {public.toString('OPENSSH').decode()}\n"
 
 
 def load_or_create(key_path: Path, known_hosts: Path, domain: str) -> keys.Key:
