@@ -24,7 +24,7 @@ from relayd.config import Config
 from relayd.sandbox import pool as sandbox
 from relayd.sandbox.layout import PoolLayout
 from relayd.sandbox.starter import SSHD, prepare_sshd_dir
-from tests.conftest import RELAYD, Home, Relay
+from tests.harness import RELAYD, Home, RelayProcess
 
 
 class CommandFailed(RuntimeError):
@@ -46,7 +46,7 @@ class Rig:
         self.runtime_dir = tempfile.mkdtemp(prefix="crb-")
         self.home.env["XDG_RUNTIME_DIR"] = self.runtime_dir
         self.env = self.home.env
-        self.relay = Relay(self.home, self.pool_dir, relayd)
+        self.relay = RelayProcess(self.home, self.pool_dir, relayd)
         self.direct_config = self.root / "direct_ssh_config"
         self._write_direct_config()
         self.cm_socket = self.root / "cm.sock"

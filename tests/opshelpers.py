@@ -8,7 +8,7 @@ import subprocess
 from pathlib import Path
 from typing import Any
 
-from conftest import RELAYD, Home
+from harness import RELAYD, Home
 
 
 def status(home: Home) -> dict[str, Any] | None:

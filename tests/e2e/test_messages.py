@@ -16,7 +16,7 @@ import tempfile
 import threading
 
 import pytest
-from conftest import OPENSSH_FDPASS_NOISE, assert_fails, assert_ssh_fails, on_terminal, screen_lines, to_file
+from harness import OPENSSH_FDPASS_NOISE, assert_fails, assert_ssh_fails, on_terminal, screen_lines, to_file
 
 from relayd.sandbox import pool as sandbox
 

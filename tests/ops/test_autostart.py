@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from concurrent.futures import ThreadPoolExecutor
 
-from conftest import assert_ssh_fails, wait_for
+from harness import assert_ssh_fails, wait_for
 from opshelpers import alive, daemon_log, status
 
 from relayd.sandbox import pool as sandbox

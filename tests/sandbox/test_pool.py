@@ -439,7 +439,7 @@ def test_jobs_yaml_holds_classads_and_pool_settings(pool):
 
 def test_concurrent_submits_lose_nothing(pool):
     cli = [sys.executable, "-m", "relayd.sandbox", "submit", str(pool), "--status", "idle"]
-    env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[1])}
+    env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[2])}
     procs = [subprocess.Popen(cli, stdout=subprocess.PIPE, text=True, env=env) for _ in range(8)]
     printed = sorted(p.communicate(timeout=30)[0].strip() for p in procs)
     assert printed == sorted(f"{c}.0" for c in range(1, 9))
@@ -449,7 +449,7 @@ def test_concurrent_submits_lose_nothing(pool):
 def test_cli_init_submit_set_list_stop(tmp_path):
     root = Path(tempfile.mkdtemp(prefix="sandbox-cli-", dir="/tmp"))
     root.chmod(0o755)
-    env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[1])}
+    env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[2])}
 
     def cli(*args: str) -> str:
         done = subprocess.run([sys.executable, "-m", "relayd.sandbox", *args], env=env,

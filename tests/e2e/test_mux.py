@@ -16,7 +16,7 @@ import time
 from pathlib import Path
 
 import pytest
-from conftest import Home, Relay, assert_ssh_fails, wait_for
+from harness import Home, RelayProcess, assert_ssh_fails, wait_for
 
 from clientconf.daemonctl import status
 from relayd.sandbox import pool as sandbox
@@ -31,8 +31,8 @@ def mux_home(tmp_path: Path):
     shutil.rmtree(runtime, ignore_errors=True)
 
 
-def start(home: Home, pool: Path, **settings: object) -> Relay:
-    relay = Relay(home, pool)
+def start(home: Home, pool: Path, **settings: object) -> RelayProcess:
+    relay = RelayProcess(home, pool)
     relay.configure(ssh_multiplexing=True, **settings)
     relay.start()
     assert "ControlMaster auto" in relay.ssh_config.read_text()
@@ -46,11 +46,11 @@ def mux_relay(mux_home: Home, pool: Path):
     relay.stop()
 
 
-def masters(relay: Relay) -> list[str]:
+def masters(relay: RelayProcess) -> list[str]:
     return [name for name in os.listdir(relay.home.socket.parent) if name.startswith("mux-")]
 
 
-def job(relay: Relay) -> tuple[str, tuple[int, int]]:
+def job(relay: RelayProcess) -> tuple[str, tuple[int, int]]:
     cluster, proc = sandbox.submit_job(relay.pool_dir, status="running")
     return f"job-{cluster}.{proc}.condor", (cluster, proc)
 

@@ -15,7 +15,7 @@ import sys
 from pathlib import Path
 
 import pytest
-from conftest import EchoSession, Relay, wait_for
+from harness import EchoSession, RelayProcess, wait_for
 from rogue_ssh import MESSAGES, TRANSPORT_CASES
 
 from relayd.common.protocol import format_connect
@@ -24,7 +24,7 @@ from relayd.sandbox import pool as sandbox
 
 MIB = 1024 * 1024
 TOKEN = "0" * 32
-ROGUE = Path(__file__).with_name("rogue_ssh.py")
+ROGUE = Path(__file__).parents[1] / "rogue_ssh.py"
 
 # request bytes -> the start of the one reply line the daemon sends before hanging up
 BAD_REQUESTS = {
@@ -43,7 +43,7 @@ BAD_REQUESTS = {
 }
 
 
-def assert_nothing_unhandled(relay: Relay) -> None:
+def assert_nothing_unhandled(relay: RelayProcess) -> None:
     log = relay.log()
     assert "Traceback" not in log and "Unhandled" not in log, log
 

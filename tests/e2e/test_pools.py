@@ -10,7 +10,7 @@ import time
 from pathlib import Path
 
 import pytest
-from conftest import RELAYD, assert_fails, assert_ssh_fails
+from harness import RELAYD, assert_fails, assert_ssh_fails
 
 from relayd.sandbox import pool as sandbox
 

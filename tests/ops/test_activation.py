@@ -6,7 +6,7 @@ import socket
 import subprocess
 import sys
 
-from conftest import RELAYD, wait_for
+from harness import RELAYD, wait_for
 from opshelpers import daemon_log, status
 
 from relayd.common.paths import private_dir

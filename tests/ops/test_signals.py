@@ -6,7 +6,7 @@ from __future__ import annotations
 import signal
 import subprocess
 
-from conftest import RELAYD, wait_for
+from harness import RELAYD, wait_for
 
 from relayd.sandbox import pool as sandbox
 

@@ -13,7 +13,7 @@ import time
 from pathlib import Path
 
 import pytest
-from conftest import on_terminal, to_file
+from harness import on_terminal, to_file
 from netutil import EchoServer, connect_retry, free_port, round_trip, socks5_connect
 
 from relayd.sandbox import pool as sandbox

@@ -13,7 +13,7 @@ import time
 from pathlib import Path
 
 import pytest
-from conftest import RELAYD, VENV_BIN, Home, Relay, assert_fails, wait_for
+from harness import RELAYD, VENV_BIN, Home, RelayProcess, assert_fails, wait_for
 from opshelpers import alive, daemon_log
 
 from relayd.condor.capture_hook import PID_ENV, SOCKET_ENV, TOKEN_ENV
@@ -40,7 +40,7 @@ def test_runtime_dir_under_another_users_directory_falls_back_to_the_state_dir(h
     xdg = shared / "xdg"
     xdg.mkdir(mode=0o700)  # ours, but its parent is not
     home.env["XDG_RUNTIME_DIR"] = str(xdg)
-    relay = Relay(FallbackHome(home.root, home.env), pool)
+    relay = RelayProcess(FallbackHome(home.root, home.env), pool)
     relay.configure()
     try:
         relay.start()
@@ -177,7 +177,7 @@ def test_symlinks_in_the_state_dir_are_replaced_not_written_through(home, pool):
     for name, victim in victims.items():
         victim.write_text("precious\n")
         (state / name).symlink_to(victim)
-    relay = Relay(home, pool)
+    relay = RelayProcess(home, pool)
     relay.configure()
     daemon = subprocess.Popen([RELAYD, "run", "--log-to", "file"], env=home.env, stdout=subprocess.DEVNULL,
                               stderr=subprocess.DEVNULL)
@@ -208,7 +208,7 @@ def test_negotiation_ends_at_its_timeout_whatever_a_detached_child_holds(home, p
     negotiator = tmp_path / "condor_ssh_to_job"
     negotiator.write_text(DETACHING_NEGOTIATOR.format(python=sys.executable, pidfile=str(pidfile)))
     negotiator.chmod(0o755)
-    relay = Relay(home, pool)
+    relay = RelayProcess(home, pool)
     relay.configure(condor_ssh_to_job=str(negotiator), negotiation_timeout=2)
     try:
         relay.start()
@@ -239,7 +239,7 @@ HOSTILE_REASON = "\x1b]0;owned\x07disk\x1b[2J quota\rexceeded\x9b31m\nsee\tadmin
 
 @pytest.mark.parametrize("lookup", ["sandbox", "none"])
 def test_control_characters_in_a_hold_reason_do_not_reach_the_terminal(home, pool, lookup):
-    relay = Relay(home, pool)
+    relay = RelayProcess(home, pool)
     relay.configure(job_lookup=lookup)
     try:
         relay.start()

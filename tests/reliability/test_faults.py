@@ -12,7 +12,7 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import pytest
-from conftest import RELAYD, EchoSession, Relay, assert_fails, negotiator_environments, wait_for
+from harness import RELAYD, EchoSession, RelayProcess, assert_fails, negotiator_environments, wait_for
 
 from relayd.condor.names import parse_host
 from relayd.sandbox import pool as sandbox
@@ -29,7 +29,7 @@ def job_id(host: str) -> tuple[int, int]:
     return job.cluster, job.proc
 
 
-def kill_sshds(relay: Relay, host: str) -> None:
+def kill_sshds(relay: RelayProcess, host: str) -> None:
     """SIGKILL every sshd of the job with its session processes, as an OOM killer might."""
     for pid in sandbox.sshd_pids(relay.pool_dir, *job_id(host)):
         process = ProcessId.of(pid)
@@ -177,7 +177,7 @@ def fill(path: Path, leave_pages: int) -> None:
 
 @pytest.mark.skipif(os.geteuid() != 0, reason="mounting a tiny tmpfs needs root")
 def test_full_disk_stops_the_daemon_with_a_message_and_no_partial_key(home, pool, tmp_path):
-    relay = Relay(home, pool)
+    relay = RelayProcess(home, pool)
     relay.configure()
     with tiny_filesystem(tmp_path / "small", pages=2) as small:
         home.env["XDG_STATE_HOME"] = str(small)

@@ -8,7 +8,7 @@ import sys
 from pathlib import Path
 
 import pytest
-from conftest import RELAYD
+from harness import RELAYD
 
 from clientconf.connect import _parse, main
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import subprocess
 
-from conftest import RELAYD
+from harness import RELAYD
 
 
 def doctor(relay) -> subprocess.CompletedProcess:

@@ -21,7 +21,7 @@ from pathlib import Path
 import asyncssh
 import paramiko
 import pytest
-from conftest import RELAYD
+from harness import RELAYD
 
 from relayd.sandbox import pool as sandbox
 

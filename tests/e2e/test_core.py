@@ -7,7 +7,7 @@ import os
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
-from conftest import assert_ssh_fails
+from harness import assert_ssh_fails
 
 from relayd.sandbox import pool as sandbox
 

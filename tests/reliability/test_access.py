@@ -15,7 +15,7 @@ import tempfile
 from pathlib import Path
 
 import pytest
-from conftest import RELAYD, VENV_BIN, Relay, assert_fails, negotiator_environments, wait_for
+from harness import RELAYD, VENV_BIN, RelayProcess, assert_fails, negotiator_environments, wait_for
 
 from relayd.condor.capture_hook import PID_ENV, SOCKET_ENV, TOKEN_ENV
 from relayd.sandbox import pool as sandbox
@@ -32,7 +32,7 @@ def negotiation_token(pool_dir: Path) -> str | None:
     return tokens[0] if tokens else None
 
 
-def open_socket_to_everyone(relay: Relay) -> None:
+def open_socket_to_everyone(relay: RelayProcess) -> None:
     """Loosen the directory and socket modes so that only SO_PEERCRED stands in the way."""
     relay.home.socket.parent.chmod(0o755)
     relay.home.socket.chmod(0o666)
@@ -76,7 +76,7 @@ def mode(path: Path) -> int:
 
 
 def test_wrong_modes_found_at_start_are_fixed_and_reported(home, pool):
-    relay = Relay(home, pool)
+    relay = RelayProcess(home, pool)
     relay.configure()
     state = Path(home.env["XDG_STATE_HOME"]) / "condor-relay"
     runtime = home.socket.parent
@@ -100,7 +100,7 @@ def test_wrong_modes_found_at_start_are_fixed_and_reported(home, pool):
 
 @needs_root
 def test_state_dir_of_another_user_is_refused(home, pool):
-    relay = Relay(home, pool)
+    relay = RelayProcess(home, pool)
     relay.configure()
     state = Path(home.env["XDG_STATE_HOME"]) / "condor-relay"
     state.mkdir(mode=0o700)

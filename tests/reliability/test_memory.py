@@ -15,12 +15,12 @@ import time
 from pathlib import Path
 
 import pytest
-from conftest import EchoSession, wait_for
+from harness import EchoSession, wait_for
 from netutil import EchoServer
 
 from relayd.sandbox import pool as sandbox
 
-ROGUE_CLIENT = Path(__file__).with_name("rogue_ssh.py")
+ROGUE_CLIENT = Path(__file__).parents[1] / "rogue_ssh.py"
 ROGUE_SSHD = Path(__file__).with_name("rogue_sshd.py")
 RSS_LIMIT_KIB = 100 * 1024
 JOB_CONNECT = (

@@ -6,7 +6,7 @@ import os
 import subprocess
 import time
 
-from conftest import RELAYD, wait_for
+from harness import RELAYD, wait_for
 from opshelpers import status
 
 from relayd.sandbox import pool as sandbox

@@ -13,7 +13,7 @@ import struct
 import sys
 
 import pytest
-from conftest import wait_for
+from harness import wait_for
 
 CLIENTS = 50
 MIB_PER_CLIENT = 20

@@ -8,7 +8,7 @@ import sys
 from pathlib import Path
 
 import pytest
-from conftest import wait_for
+from harness import wait_for
 
 from relayd.sandbox import pool as sandbox
 

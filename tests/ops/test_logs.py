@@ -6,7 +6,7 @@ import io
 import os
 import tempfile
 
-from conftest import wait_for
+from harness import wait_for
 from opshelpers import daemon_log
 from twisted.logger import LogLevel
 
