@@ -19,18 +19,20 @@ from twisted.internet.interfaces import IDelayedCall
 from twisted.logger import Logger
 
 from relayd.common import humanize
-from relayd.daemon.service import RelayDaemon
 
 log = Logger()
 LOCK_RETRY_SECONDS = 1.0
 
 
 class IdleExit:
-    """Calls `exit()` once `daemon` has been idle for its config's `exit_when_idle`."""
+    """Calls `exit()` once `is_idle()` has held for `seconds()` (the config's `exit_when_idle`,
+    read anew at each update since SIGHUP may change it; 0: never)."""
 
-    def __init__(self, reactor, daemon: RelayDaemon, lock_path: Path, exit: Callable[[], None]) -> None:  # type: ignore[no-untyped-def]
+    def __init__(self, reactor, is_idle: Callable[[], bool], seconds: Callable[[], float], lock_path: Path,  # type: ignore[no-untyped-def]
+                 exit: Callable[[], None]) -> None:
         self._reactor = reactor
-        self._daemon = daemon
+        self._is_idle = is_idle
+        self._seconds = seconds
         self._lock_path = lock_path
         self._exit = exit
         self._timer: IDelayedCall | None = None
@@ -38,8 +40,8 @@ class IdleExit:
 
     def update(self) -> None:
         """Re-evaluate after clients or upstreams came or went, or the config changed."""
-        seconds = self._daemon.config.exit_when_idle
-        if self._daemon.is_idle() and seconds > 0:
+        seconds = self._seconds()
+        if self._is_idle() and seconds > 0:
             if self._timer is None:
                 self._timer = self._reactor.callLater(seconds, self._expired)
         elif self._timer is not None:
@@ -48,7 +50,7 @@ class IdleExit:
 
     def _expired(self) -> None:
         self._timer = None
-        if not self._daemon.is_idle() or self._lock_fd is not None:
+        if not self._is_idle() or self._lock_fd is not None:
             return
         fd = os.open(self._lock_path, os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600)
         try:
@@ -58,6 +60,6 @@ class IdleExit:
             self._timer = self._reactor.callLater(LOCK_RETRY_SECONDS, self._expired)
             return
         self._lock_fd = fd
-        seconds = self._daemon.config.exit_when_idle
+        seconds = self._seconds()
         log.info("no clients or upstreams for {idle}: exiting (exit_when_idle)", idle=humanize.duration(seconds))
         self._exit()

@@ -45,6 +45,7 @@ class JobSession:
         on_closed: Callable[[JobSession], None],
         max_sessions: int = 10,
         explain_loss: ExplainLoss | None = None,
+        new_connection: Callable[..., UpstreamConnection] = UpstreamConnection,
     ) -> None:
         self.job = job
         self.created = time.monotonic()
@@ -58,6 +59,7 @@ class JobSession:
         self._idle_timeout = idle_timeout
         self._on_closed = on_closed
         self._explain_loss = explain_loss
+        self._new_connection = new_connection  # (reactor, on_message, on_lost, traffic): a leg to be started
         self._connections: dict[Leg, UpstreamConnection] = {}
         self._legs: dict[UpstreamConnection, Leg] = {}
         self._timers: dict[Leg, object] = {}
@@ -104,7 +106,7 @@ class JobSession:
     async def _add_leg(self, first: bool, owner: Client | None = None) -> None:
         self.negotiations += 1
         credentials = await self._open_leg(self._progress, first)
-        connection = UpstreamConnection(self._reactor, self._from_job, self._leg_lost, self.traffic)
+        connection = self._new_connection(self._reactor, self._from_job, self._leg_lost, self.traffic)
         try:
             await connection.start(credentials)
         except JobUnreachable as exc:

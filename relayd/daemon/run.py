@@ -56,7 +56,7 @@ def run(paths: Paths, verbose: bool = False, on_demand: bool = False, log_to: st
         return 1
     reactor.addSystemEventTrigger("before", "shutdown", lambda: ensureDeferred(_close_clients(reactor, daemon)))
     if started_by != "foreground":
-        idle = IdleExit(reactor, daemon, paths.start_lock, reactor.stop)
+        idle = IdleExit(reactor, daemon.is_idle, lambda: daemon.config.exit_when_idle, paths.start_lock, reactor.stop)
         daemon.on_idle_change = idle.update
         idle.update()
 

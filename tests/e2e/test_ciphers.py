@@ -17,6 +17,7 @@ import subprocess
 from pathlib import Path
 
 import pytest
+from harness import Home, RelayProcess, running_relay, sandbox_pool
 from twisted.conch.ssh import keys
 from twisted.internet.epollreactor import EPollReactor
 
@@ -39,7 +40,6 @@ from relayd.sandbox.starter import SSHD, SshdSetup, prepare_sshd_dir
 from relayd.ssh import packetcrypto
 from relayd.ssh.job_keys import NegotiatedKey
 from relayd.ssh.job_transport import UpstreamConnection
-from tests.conftest import Home, Relay, running_relay, sandbox_pool
 
 AEAD = [c for c in packetcrypto.CIPHERS if packetcrypto.is_aead(c)]
 NON_AEAD = [c for c in packetcrypto.CIPHERS if not packetcrypto.is_aead(c)]
@@ -54,14 +54,14 @@ def _names(values: list[bytes]) -> list[str]:
 
 
 @pytest.fixture(scope="module")
-def job_via_relay(tmp_path_factory) -> tuple[Relay, str]:
+def job_via_relay(tmp_path_factory) -> tuple[RelayProcess, str]:
     """One daemon and one job for all the client-leg tests: (relay, host name)."""
     with sandbox_pool() as pool_dir, running_relay(Home.make(tmp_path_factory.mktemp("ciphers")), pool_dir) as relay:
         cluster, proc = sandbox.submit_job(pool_dir, status="running")
         yield relay, f"job-{cluster}.{proc}.condor"
 
 
-def _round_trip(job_via_relay: tuple[Relay, str], *options: str) -> str:
+def _round_trip(job_via_relay: tuple[RelayProcess, str], *options: str) -> str:
     """sha256 a MiB through `ssh -v OPTIONS HOST sha256sum`; returns ssh's log."""
     relay, host = job_via_relay
     done = subprocess.run(relay.ssh_argv("-v", *options, host, "sha256sum"), env=relay.home.env,
