@@ -15,7 +15,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Iterator
 
-from relayd.config import Config, ConfigError, load_config
+from relayd.config import Config
 from relayd.paths import Paths, unsafe_dir
 
 MIN_OPENSSH = (6, 5)  # ProxyUseFdpass
@@ -40,16 +40,6 @@ def _warn(topic: str, text: str, fix: str) -> Finding:
 
 def _fail(topic: str, text: str, fix: str) -> Finding:
     return Finding("FAIL", topic, text, fix)
-
-
-def check_config(paths: Paths) -> tuple[Config, Finding]:
-    """The config (defaults when broken) and what is wrong with it."""
-    try:
-        config = load_config(paths.config_file)
-    except ConfigError as exc:
-        return Config(), _fail("config", str(exc), "correct the file; relayd will not start until then")
-    where = paths.config_file if paths.config_file.exists() else f"{paths.config_file} (absent: defaults)"
-    return config, _ok("config", f"{where} is valid")
 
 
 def check_ssh_client() -> Iterator[Finding]:
@@ -235,9 +225,16 @@ def check_daemon(socket_path: str) -> Finding:
 
 def diagnose(paths: Paths, ssh_config: Path, block_for: Callable[[Config], str]) -> list[Finding]:
     """Every finding, in the order a user should look at them."""
-    config, config_finding = check_config(paths)
-    findings = [config_finding, *check_ssh_client()]
-    findings += check_ssh_config(ssh_config, block_for(config), config.domain, str(paths.socket))
+    from clientconf import dropin
+    from relayd import deploycheck
+
+    config, findings = deploycheck.check_config_sources(paths)
+    findings += check_ssh_client()
+    given = None if ssh_config == default_ssh_config() else ssh_config
+    in_use = deploycheck.block_in_use(given, block_for(config), dropin.render(config), config.domain)
+    if in_use != deploycheck.SYSTEM_BLOCK:
+        findings += check_ssh_config(ssh_config, block_for(config), config.domain, str(paths.socket))
+    findings += deploycheck.check_system_block(paths, in_use, config)
     findings += [*check_negotiator(config), *check_job_lookup(config), *check_permissions(paths, config.domain)]
     findings.append(check_daemon(str(paths.socket)))
     return findings
