@@ -7,7 +7,13 @@ BENCH_VENV := .venv-bench
 BENCH_STAMP := $(BENCH_VENV)/.installed
 SOURCES := $(wildcard relayd/*.py relayd/sandbox/*.py relayd/sandbox/*.sh clientconf/*.py) scripts/condor-relay-connect
 
-.PHONY: demo test bench check-system clean
+VERSION := $(shell sed -n 's/^version = //p' setup.cfg)
+WHEEL := dist/condor_relay-$(VERSION)-py3-none-any.whl
+RPM_TOPDIR := $(CURDIR)/build/rpm
+# Off EL, rpmbuild cannot see the build dependency (python3.11) in its empty rpm database.
+RPM_FLAGS := $(if $(wildcard /etc/redhat-release),,--nodeps --define "python_bin $(or $(RPM_PYTHON),/usr/bin/python3)")
+
+.PHONY: demo test bench check-system clean wheel rpm
 
 $(STAMP): setup.cfg pyproject.toml scripts/condor-relay-connect
 	@$(PYTHON) -m venv $(VENV) || { echo "make: cannot create a venv; on Debian/Ubuntu: sudo apt-get install python3-venv" >&2; exit 1; }
@@ -31,5 +37,23 @@ test: check-system $(STAMP)
 bench: check-system $(BENCH_STAMP)
 	$(BENCH_VENV)/bin/python -m bench $(BENCH_ARGS)
 
+# The wheel, with the standard build front end (an isolated build env, as pipx and pip do).
+wheel: $(WHEEL)
+$(WHEEL): $(STAMP) $(SOURCES) setup.cfg pyproject.toml
+	$(VENV)/bin/python -m build --wheel --outdir dist . >build.log 2>&1 || { cat build.log >&2; exit 1; }
+	@rm -f build.log
+
+# The RPM for EL 8/9 (contrib/condor-relay.spec): the wheel, its dependencies' wheels, the units.
+rpm: $(WHEEL)
+	rm -rf build/rpm-src && mkdir -p build/rpm-src
+	$(VENV)/bin/pip download --quiet --only-binary=:all: --dest build/rpm-src/wheels $(WHEEL)
+	rm -f build/rpm-src/wheels/condor_relay-*.whl
+	tar -C build/rpm-src -czf build/rpm-src/condor-relay-wheels-$(VERSION).tar.gz wheels
+	cp $(WHEEL) contrib/system/condor-relay.socket contrib/system/condor-relay.service \
+	    contrib/system/config.yaml build/rpm-src/
+	rpmbuild -bb --quiet $(RPM_FLAGS) --define "_topdir $(RPM_TOPDIR)" --define "_sourcedir $(CURDIR)/build/rpm-src" \
+	    contrib/condor-relay.spec
+	@ls $(RPM_TOPDIR)/RPMS/*/condor-relay-$(VERSION)-*.rpm
+
 clean:
-	rm -rf $(VENV) $(BENCH_VENV) build *.egg-info .pytest_cache
+	rm -rf $(VENV) $(BENCH_VENV) build dist *.egg-info .pytest_cache
