@@ -86,6 +86,19 @@ def check_system_block(paths: Paths, in_use: str | None, config: Config) -> list
                                                 f"but your state dir keeps it in {paths.known_hosts}",
                                   "relayd ssh-config install (your own block names your files)"))
         return findings
-    if in_use == USER_BLOCK and dropin.DROPIN.exists():
-        return [_ok("ssh-config", f"ssh uses your own block (it comes before the system-wide {dropin.DROPIN})")]
+    if in_use == USER_BLOCK:
+        before = f" (it comes before the system-wide {dropin.DROPIN})" if dropin.DROPIN.exists() else ""
+        return [_ok("ssh-config", f"ssh uses your own block{before}")]
     return []
+
+
+def block_file(ssh_config: Path, in_use: str | None, default: Path) -> Path:
+    """The file to check the user's block in: `ssh_config`, or the user's own file when ssh
+    takes the user's block through a file that includes it (as the system one does)."""
+    from clientconf.sshconfig import BEGIN
+
+    try:
+        holds = BEGIN in ssh_config.read_text()
+    except OSError:
+        holds = False
+    return default if in_use == USER_BLOCK and not holds else ssh_config

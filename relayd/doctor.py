@@ -233,7 +233,8 @@ def diagnose(paths: Paths, ssh_config: Path, block_for: Callable[[Config], str])
     given = None if ssh_config == default_ssh_config() else ssh_config
     in_use = deploycheck.block_in_use(given, block_for(config), dropin.render(config), config.domain)
     if in_use != deploycheck.SYSTEM_BLOCK:
-        findings += check_ssh_config(ssh_config, block_for(config), config.domain, str(paths.socket))
+        checked = deploycheck.block_file(ssh_config, in_use, default_ssh_config())
+        findings += check_ssh_config(checked, block_for(config), config.domain, str(paths.socket))
     findings += deploycheck.check_system_block(paths, in_use, config)
     findings += [*check_negotiator(config), *check_job_lookup(config), *check_permissions(paths, config.domain)]
     findings.append(check_daemon(str(paths.socket)))
