@@ -92,8 +92,8 @@ def command(action: str, config: Config, target: Path | None, dry_run: bool) -> 
 
 
 def _write(path: Path, text: str) -> None:
-    """Every user's ssh reads the file: 0644 (a drop-in emptied by uninstall is removed)."""
-    if not text.strip() and path.parent == DROPIN_DIR:
+    """Every user's ssh reads the file: 0644 (a file uninstall leaves empty is removed)."""
+    if not text.strip():
         path.unlink(missing_ok=True)
         return
     path.parent.mkdir(mode=0o755, parents=True, exist_ok=True)

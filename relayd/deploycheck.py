@@ -59,6 +59,13 @@ def _proxy_command(block: str) -> str:
                 if line.strip().startswith("ProxyCommand "))
 
 
+def ssh_reads_by_default() -> Path:
+    """The user's file ssh reads without -F: under the passwd home, whatever $HOME says."""
+    import pwd
+
+    return Path(pwd.getpwuid(os.getuid()).pw_dir) / ".ssh" / "config"
+
+
 def block_in_use(ssh_config: Path | None, user_block: str, system_block: str, domain: str) -> str | None:
     """USER_BLOCK or SYSTEM_BLOCK, whichever ssh takes for job names (reading `ssh_config`
     alone, or the user's and system files as ssh does by default), else None."""

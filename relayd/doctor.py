@@ -230,7 +230,7 @@ def diagnose(paths: Paths, ssh_config: Path, block_for: Callable[[Config], str])
 
     config, findings = deploycheck.check_config_sources(paths)
     findings += check_ssh_client()
-    given = None if ssh_config == default_ssh_config() else ssh_config
+    given = None if ssh_config == deploycheck.ssh_reads_by_default() else ssh_config
     in_use = deploycheck.block_in_use(given, block_for(config), dropin.render(config), config.domain)
     if in_use != deploycheck.SYSTEM_BLOCK:
         checked = deploycheck.block_file(ssh_config, in_use, default_ssh_config())
