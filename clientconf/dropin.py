@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import os
 import re
+import sys
 from pathlib import Path
 
 from clientconf import sshconfig
@@ -63,8 +64,6 @@ def _names(word: str, base: Path, directory: Path) -> bool:
 
 def command(action: str, config: Config, target: Path | None, dry_run: bool) -> int:
     """`relayd ssh-config print|install|uninstall --system [--file F] [--dry-run]`."""
-    import sys
-
     block = render(config)
     if action == "print":
         sys.stdout.write(block)

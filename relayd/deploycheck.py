@@ -32,7 +32,8 @@ def check_config_sources(paths: Paths) -> tuple[Config, list[Finding]]:
     files = [f"{p} ({'valid' if p.exists() else 'absent'})" for p in (paths.config_file, site) if p is not None]
     findings = [_ok("config", " over ".join(files))]
     for name in sorted(merged.origins):
-        findings.append(_ok("config", f"{name} = {_value(merged.config, name)} ({_origin(merged.origins[name], site)})"))
+        origin = _origin(merged.origins[name], site)
+        findings.append(_ok("config", f"{name} = {_value(merged.config, name)} ({origin})"))
     return merged.config, findings
 
 
@@ -79,7 +80,7 @@ def block_in_use(ssh_config: Path | None, user_block: str, system_block: str, do
     return {_proxy_command(user_block): USER_BLOCK, _proxy_command(system_block): SYSTEM_BLOCK}.get(proxy or "")
 
 
-def check_system_block(paths: Paths, in_use: str | None, config: Config) -> list[Finding]:
+def check_system_block(paths: Paths, in_use: str | None) -> list[Finding]:
     """What to say about the block in use when it is the system one, or when the user's own
     wins over an installed system one."""
     from clientconf import dropin

@@ -235,7 +235,7 @@ def diagnose(paths: Paths, ssh_config: Path, block_for: Callable[[Config], str])
     if in_use != deploycheck.SYSTEM_BLOCK:
         checked = deploycheck.block_file(ssh_config, in_use, default_ssh_config())
         findings += check_ssh_config(checked, block_for(config), config.domain, str(paths.socket))
-    findings += deploycheck.check_system_block(paths, in_use, config)
+    findings += deploycheck.check_system_block(paths, in_use)
     findings += [*check_negotiator(config), *check_job_lookup(config), *check_permissions(paths, config.domain)]
     findings.append(check_daemon(str(paths.socket)))
     return findings

@@ -54,7 +54,6 @@ class Merged:
 
     config: Config
     origins: dict[str, str]
-    site: Path | None
 
 
 def read_layer(path: Path) -> Layer:
@@ -92,7 +91,7 @@ def merge(site: Layer | None, user: Layer) -> Merged:
     except ConfigError as exc:
         faulty_site = site is not None and str(exc).startswith(f"{site.path}:")
         raise ConfigError(f"{exc} ({SITE_FAULT})" if faulty_site else str(exc)) from None
-    return Merged(config, origins, site.path if site else None)
+    return Merged(config, origins)
 
 
 def load_merged(user_path: Path | None) -> Merged:

@@ -36,7 +36,8 @@ def test_rpm_payload_is_a_working_system_install(rpm, tmp_path):
     assert not stale, stale
     probe = subprocess.run([str(venv / "bin" / "python"), "-c",
                             "import relayd.sandbox, clientconf.connect, twisted.conch, cryptography, yaml, htcondor2;"
-                            "import importlib.resources as r; print(r.files('relayd.sandbox').joinpath('shell_setup.sh').is_file())"],
+                            "import importlib.resources as r;"
+                            "print(r.files('relayd.sandbox').joinpath('shell_setup.sh').is_file())"],
                            capture_output=True, text=True, env={"PATH": "/usr/bin:/bin"})
     assert probe.stdout == "True\n", probe.stderr
     for command in ("relayd", "condor-relay-connect", "condor-relay-capture"):

@@ -22,7 +22,6 @@ import subprocess
 import sys
 import tempfile
 import threading
-import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -66,9 +65,9 @@ class User:
 
     def run(self, argv: list[str], timeout: float = 60, **kw) -> subprocess.CompletedProcess:
         env = self.install.env(HOME=str(self.home), USER=self.name, LOGNAME=self.name) | kw.pop("env", {})
-        return subprocess.run(argv, env=env, user=self.uid, group=self.gid, extra_groups=[grp.getgrnam(POOL_GROUP).gr_gid],
-                              cwd=self.home, capture_output=True, timeout=timeout,
-                              stdin=kw.pop("stdin", subprocess.DEVNULL), **kw)
+        groups = [grp.getgrnam(POOL_GROUP).gr_gid]
+        return subprocess.run(argv, env=env, user=self.uid, group=self.gid, extra_groups=groups, cwd=self.home,
+                              capture_output=True, timeout=timeout, stdin=kw.pop("stdin", subprocess.DEVNULL), **kw)
 
     def ssh(self, *args: str, **kw) -> subprocess.CompletedProcess:
         return self.run(["ssh", "-F", str(self.install.ssh_config), *args], **kw)
