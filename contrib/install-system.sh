@@ -34,7 +34,8 @@ dropin() {
 units() {
     command -v systemctl >/dev/null 2>&1 || return 0
     [ "$UNITDIR" = /usr/lib/systemd/user ] || return 0
-    systemctl --global "$1" condor-relay.socket
+    systemctl --global "$1" condor-relay.socket \
+        || echo "install-system.sh: 'systemctl --global $1' failed; the helper starts daemons on demand anyway" >&2
 }
 
 install_wheel() {
@@ -71,7 +72,7 @@ upgrade)
     ;;
 remove)
     [ -x "$PREFIX/bin/relayd" ] && dropin uninstall
-    units disable || true
+    units disable
     for command in $COMMANDS; do
         [ -L "$BINDIR/$command" ] && rm -f "$BINDIR/$command"
     done

@@ -107,7 +107,7 @@ def _ensure_user(name: str) -> None:
         pwd.getpwnam(name)
     except KeyError:
         subprocess.run(["useradd", "--create-home", "--shell", "/bin/bash", name], check=True)
-    subprocess.run(["usermod", "--append", "--groups", f"{POOL_GROUP},tty", name], check=True)
+    subprocess.run(["usermod", "--append", "--groups", POOL_GROUP, name], check=True)
 
 
 def _fresh_home(name: str) -> Path:
@@ -298,3 +298,29 @@ def test_no_process_left_after_stop(install, users):
     subprocess.run([str(install.prefix / "bin" / "python"), "-m", "relayd.sandbox", "stop", str(install.pool)],
                    capture_output=True, timeout=60)
     assert wait_for(lambda: not one.processes(), 10), one.processes()
+
+
+def test_install_upgrade_and_remove_leave_nothing_behind(wheel, tmp_path):
+    tmp_path.chmod(0o755)
+    layout = {"PREFIX": tmp_path / "opt", "BINDIR": tmp_path / "bin", "UNITDIR": tmp_path / "units",
+              "SSH_DROPIN": tmp_path / "ssh_config.d" / "20-condor-relay.conf"}
+    env = {**os.environ, "PYTHON": SYSTEM_PYTHON, "CONDOR_RELAY_SITE_CONFIG": "none",
+           **{key: str(value) for key, value in layout.items()}}
+
+    def script(*args: str) -> subprocess.CompletedProcess:
+        return subprocess.run(["sh", str(ROOT / "contrib" / "install-system.sh"), *args], env=env,
+                              capture_output=True, text=True, timeout=600)
+
+    assert script("upgrade", str(wheel)).returncode == 1  # nothing to upgrade yet
+    for step in ("install", "upgrade"):
+        done = script(step, str(wheel))
+        assert done.returncode == 0, done.stderr
+        helper = layout["PREFIX"] / "bin" / "condor-relay-connect"
+        assert os.readlink(layout["BINDIR"] / "condor-relay-connect") == str(helper)
+        assert f"ProxyCommand {helper} --user %r %h %p" in layout["SSH_DROPIN"].read_text()
+        service = (layout["UNITDIR"] / "condor-relay.service").read_text()
+        assert f"ExecStart={layout['BINDIR']}/relayd run\n" in service
+    done = script("remove")
+    assert done.returncode == 0, done.stderr
+    assert not layout["SSH_DROPIN"].exists() and not layout["PREFIX"].exists()
+    assert not list(layout["BINDIR"].iterdir()) and not list(layout["UNITDIR"].iterdir())
