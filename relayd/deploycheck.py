@@ -12,6 +12,7 @@ from pathlib import Path
 from relayd.config import Config, ConfigError
 from relayd.doctor import Finding, _fail, _ok, _warn
 from relayd.paths import Paths
+from relayd.siteconfig import DEFAULT, SITE_FAULT, load_merged, site_config_path
 
 USER_BLOCK = "user"
 SYSTEM_BLOCK = "system"
@@ -20,8 +21,6 @@ SYSTEM_BLOCK = "system"
 def check_config_sources(paths: Paths) -> tuple[Config, list[Finding]]:
     """The effective config (defaults when broken) and one finding per key saying where its
     value comes from."""
-    from relayd.siteconfig import SITE_FAULT, load_merged, site_config_path
-
     try:
         merged = load_merged(paths.config_file)
     except ConfigError as exc:
@@ -38,8 +37,6 @@ def check_config_sources(paths: Paths) -> tuple[Config, list[Finding]]:
 
 
 def _origin(origin: str, site: Path | None) -> str:
-    from relayd.siteconfig import DEFAULT
-
     if origin == DEFAULT:
         return DEFAULT
     return f"{'site' if site is not None and origin.startswith(f'{site}:') else 'yours'}: {origin}"
