@@ -47,7 +47,7 @@ _MAX_CONTROL_PATH = (107 if sys.platform.startswith("linux") else 103) - 17
 class BlockSettings:
     domain: str
     helper: str  # absolute path of condor-relay-connect
-    socket: str
+    socket: str  # "": none in the block (the system drop-in; the helper finds each user's)
     known_hosts: str
     multiplexing: bool = False  # ssh's ControlMaster in front of the relay (config: ssh_multiplexing)
     control_persist: int = 30  # seconds a master without sessions stays (the daemon's idle_timeout)
@@ -149,7 +149,8 @@ def render(settings: BlockSettings, hosts: list[str] | None = None) -> str:
     still supplies their options): VS Code's Remote Explorer and shell completion list
     only explicit names.
     """
-    proxy = " ".join(shlex.quote(w) for w in (settings.helper, "--socket", settings.socket))
+    words = (settings.helper, "--socket", settings.socket) if settings.socket else (settings.helper,)
+    proxy = " ".join(shlex.quote(w) for w in words)  # no socket: the helper's default, each user's own
     proxy += " --user %r"
     lines = [
         BEGIN,
@@ -216,10 +217,10 @@ def diff(path: Path, old: str, new: str) -> str:
     return "".join(difflib.unified_diff(old.splitlines(True), new.splitlines(True), str(path), str(path)))
 
 
-def write_atomically(path: Path, text: str) -> None:
-    """Replace `path` with `text`, keeping its mode (0600 for a new file)."""
+def write_atomically(path: Path, text: str, mode: int = 0o600) -> None:
+    """Replace `path` with `text`, keeping its mode (`mode` for a new file)."""
     path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
-    mode = path.stat().st_mode & 0o777 if path.exists() else 0o600
+    mode = path.stat().st_mode & 0o777 if path.exists() else mode
     tmp = path.with_name(f".{path.name}.condor-relay.tmp")
     fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, mode)
     with os.fdopen(fd, "w") as out:

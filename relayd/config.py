@@ -155,14 +155,14 @@ def _parse_schedds(path: Path, node: yaml.Node) -> dict[str, ScheddConfig]:
     return schedds
 
 
-def parse_config(text: str, path: Path) -> Config:
-    """Parse and validate config text; raises ConfigError naming the line at fault."""
+def parse_values(text: str, path: Path) -> tuple[dict[str, Any], dict[str, yaml.Node]]:
+    """The keys config text sets, each validated on its own, and the node of each (its line)."""
     try:
         root = yaml.compose(text)
     except (yaml.YAMLError, RecursionError) as exc:
         raise _invalid_yaml(path, exc) from None
     if root is None:
-        return Config()
+        return {}, {}
     if not isinstance(root, yaml.MappingNode):
         raise _fail(path, root, "the config must be a mapping of keys to values")
     values: dict[str, Any] = {}
@@ -178,25 +178,40 @@ def parse_config(text: str, path: Path) -> Config:
             values[key] = _parse_schedds(path, value_node)
         else:
             values[key] = _value(path, key, value_node, _TYPES[key])
+    return values, nodes
+
+
+def parse_config(text: str, path: Path) -> Config:
+    """Parse and validate config text; raises ConfigError naming the line at fault."""
+    values, nodes = parse_values(text, path)
+    return make_config(values, {key: (path, node) for key, node in nodes.items()}, path)
+
+
+def make_config(values: dict[str, Any], origins: dict[str, tuple[Path, yaml.Node]], path: Path) -> Config:
+    """A Config of `values` checked as a whole; a fault names the file and line its key came
+    from (`origins`), or `path` for a key left at its default."""
     config = Config(**values)
-    _check_values(config, path, nodes)
+    _check_values(config, path, origins)
     return config
 
 
-def _check_values(config: Config, path: Path, nodes: dict[str, yaml.Node]) -> None:
+def _check_values(config: Config, path: Path, origins: dict[str, tuple[Path, yaml.Node]]) -> None:
+    def at(key: str) -> tuple[Path, yaml.Node | None]:
+        return origins.get(key, (path, None))
+
     if config.job_lookup not in JOB_LOOKUPS:
-        raise _fail(path, nodes.get("job_lookup"), f"job_lookup must be one of {', '.join(JOB_LOOKUPS)}")
+        raise _fail(*at("job_lookup"), f"job_lookup must be one of {', '.join(JOB_LOOKUPS)}")
     if config.job_lookup == "sandbox" and not config.sandbox_pool:
-        raise _fail(path, nodes.get("job_lookup"), "job_lookup: sandbox needs sandbox_pool (the pool directory)")
+        raise _fail(*at("job_lookup"), "job_lookup: sandbox needs sandbox_pool (the pool directory)")
     for key in _POSITIVE:
         if not 0 < getattr(config, key) < math.inf:  # false for NaN too, which stalls the reactor's timers
-            raise _fail(path, nodes.get(key), f"{key} must be a finite number greater than 0")
+            raise _fail(*at(key), f"{key} must be a finite number greater than 0")
     for key in _NOT_NEGATIVE:
         if not 0 <= getattr(config, key) < math.inf:
-            raise _fail(path, nodes.get(key), f"{key} must be a finite number, 0 or more")
+            raise _fail(*at(key), f"{key} must be a finite number, 0 or more")
     domain = re.compile(r"[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?(\.[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?)*", re.ASCII)
     if len(config.domain) > 253 or not domain.fullmatch(config.domain):  # it goes into ssh_config as it is
-        raise _fail(path, nodes.get("domain"), "domain must be a lower-case DNS suffix such as 'condor'")
+        raise _fail(*at("domain"), "domain must be a lower-case DNS suffix such as 'condor'")
 
 
 def _invalid_yaml(path: Path, exc: Exception) -> ConfigError:
@@ -208,11 +223,8 @@ def _invalid_yaml(path: Path, exc: Exception) -> ConfigError:
 
 
 def load_config(path: Path) -> Config:
-    """Load the config file; a missing file means all defaults."""
-    try:
-        text = path.read_text()
-    except FileNotFoundError:
-        return Config()
-    except OSError as exc:
-        raise ConfigError(f"{path}: cannot read ({exc.strerror})") from None
-    return parse_config(text, path)
+    """The user's config file over the site's (relayd.siteconfig), key by key; a missing
+    file means defaults."""
+    from relayd.siteconfig import load_merged  # noqa: PLC0415 (it imports this module)
+
+    return load_merged(path).config

@@ -15,9 +15,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Iterator
 
-from relayd.common.errors import ConfigError, DaemonError, JobUnreachable, NotRunning
+from relayd.common.errors import DaemonError, JobUnreachable, NotRunning
 from relayd.common.paths import Paths, unsafe_dir
-from relayd.config import Config, load_config
+from relayd.config import Config
 
 MIN_OPENSSH = (6, 5)  # ProxyUseFdpass
 LOOKUP_TIMEOUT_SECONDS = 15.0
@@ -41,16 +41,6 @@ def _warn(topic: str, text: str, fix: str) -> Finding:
 
 def _fail(topic: str, text: str, fix: str) -> Finding:
     return Finding("FAIL", topic, text, fix)
-
-
-def check_config(paths: Paths) -> tuple[Config, Finding]:
-    """The config (defaults when broken) and what is wrong with it."""
-    try:
-        config = load_config(paths.config_file)
-    except ConfigError as exc:
-        return Config(), _fail("config", str(exc), "correct the file; relayd will not start until then")
-    where = paths.config_file if paths.config_file.exists() else f"{paths.config_file} (absent: defaults)"
-    return config, _ok("config", f"{where} is valid")
 
 
 def check_ssh_client() -> Iterator[Finding]:
@@ -236,9 +226,17 @@ def check_daemon(socket_path: str) -> Finding:
 
 def diagnose(paths: Paths, ssh_config: Path, block_for: Callable[[Config], str]) -> list[Finding]:
     """Every finding, in the order a user should look at them."""
-    config, config_finding = check_config(paths)
-    findings = [config_finding, *check_ssh_client()]
-    findings += check_ssh_config(ssh_config, block_for(config), config.domain, str(paths.socket))
+    from clientconf import dropin
+    from relayd.cli import deploycheck
+
+    config, findings = deploycheck.check_config_sources(paths)
+    findings += check_ssh_client()
+    given = None if ssh_config == deploycheck.ssh_reads_by_default() else ssh_config
+    in_use = deploycheck.block_in_use(given, block_for(config), dropin.render(config), config.domain)
+    if in_use != deploycheck.SYSTEM_BLOCK:
+        checked = deploycheck.block_file(ssh_config, in_use, default_ssh_config())
+        findings += check_ssh_config(checked, block_for(config), config.domain, str(paths.socket))
+    findings += deploycheck.check_system_block(paths, in_use)
     findings += [*check_negotiator(config), *check_job_lookup(config), *check_permissions(paths, config.domain)]
     findings.append(check_daemon(str(paths.socket)))
     return findings

@@ -73,6 +73,8 @@ def cmd_ssh_config(args: argparse.Namespace) -> int:
     from clientconf import sshconfig
 
     paths = _paths(args)
+    if args.system:
+        return _system_block(args)
     config = _load_config(paths)
     if args.action == "known-hosts":
         from relayd.ssh.relay_key import load_or_create
@@ -110,6 +112,25 @@ def cmd_ssh_config(args: argparse.Namespace) -> int:
     sshconfig.write_atomically(target, new)
     print(f"{target}: {'installed' if args.action == 'install' else 'removed'} the condor-relay block")
     return 0
+
+
+def _system_block(args: argparse.Namespace) -> int:
+    """--system: the drop-in for every user, from the site config alone (clientconf.dropin)."""
+    from pathlib import Path
+
+    from clientconf import dropin
+    from relayd.config import ConfigError
+    from relayd.siteconfig import load_merged
+
+    if args.action == "known-hosts" or args.via or args.jobs or args.socket:
+        print("relayd: --system takes no --via, --jobs or --socket, nor known-hosts (they are per user)",
+              file=sys.stderr)
+        return 2
+    try:
+        config = load_merged(None).config
+    except ConfigError as exc:
+        raise SystemExit(f"relayd: {exc}") from None
+    return dropin.command(args.action, config, Path(args.file) if args.file else None, args.dry_run)
 
 
 def _talks_to_daemon(command: Callable[[argparse.Namespace, str], int]) -> Callable[[argparse.Namespace], int]:
@@ -198,7 +219,10 @@ def build_parser() -> argparse.ArgumentParser:
     ssh_config = sub.add_parser("ssh-config", help="print, install or uninstall the ssh_config block")
     ssh_config.add_argument("action", choices=["print", "install", "uninstall", "known-hosts"],
                             help="known-hosts prints the line that pins the relay's host key")
-    ssh_config.add_argument("--file", help="ssh config file to edit (default: ~/.ssh/config)")
+    ssh_config.add_argument("--file", help="ssh config file to edit (default: ~/.ssh/config; with --system: "
+                                           "/etc/ssh/ssh_config.d/20-condor-relay.conf)")
+    ssh_config.add_argument("--system", action="store_true",
+                            help="the block for every user (as root), from the site config")
     ssh_config.add_argument("--dry-run", action="store_true", help="show the change as a diff, write nothing")
     ssh_config.add_argument("--jobs", action="store_true",
                             help="add a Host entry per running job (for VS Code's Remote Explorer)")

@@ -77,11 +77,16 @@ def _ancestors(path: str) -> list[str]:
 def _runtime_dir(state_dir: str) -> tuple[str, str | None]:
     """$XDG_RUNTIME_DIR/condor-relay (symlinks resolved), unless another user could replace
     it; else, as the XDG spec asks, a private directory under the state dir (never a shared
-    /tmp path). Also why the fallback was taken, when it was because of such a user."""
+    /tmp path). Also why the fallback was taken, when it was because of such a user.
+
+    Without XDG_RUNTIME_DIR (su, sudo, cron), /run/user/<uid> if it exists: what pam_systemd
+    sets it to, so such a helper finds the daemon of the user's login sessions."""
     fallback = os.path.join(state_dir, "run")
     runtime = os.environ.get("XDG_RUNTIME_DIR")
     if not runtime or not os.path.isabs(runtime):
-        return fallback, None
+        runtime = f"/run/user/{os.getuid()}"
+        if not os.path.isdir(runtime):
+            return fallback, None
     wanted = os.path.join(os.path.realpath(runtime), APP)
     why = unsafe_dir(wanted)
     if why is None:
