@@ -39,14 +39,6 @@ def test_idle_daemon_exits_and_the_next_ssh_starts_another(unstarted_relay):
     assert second is not None and second["pid"] != first["pid"]
 
 
-def test_a_broken_config_is_reported_by_the_helper(unstarted_relay):
-    relay = unstarted_relay
-    relay.home.config_file.write_text("idle_timeout: 30\nno_such_key: 1\n")
-    assert_ssh_fails(relay, "job-1.0.condor", "relayd did not start",
-                     f"{relay.home.config_file}:2: unknown key 'no_such_key'")
-    assert not relay.home.socket.exists()
-
-
 def test_no_start_fails_fast_when_no_daemon_runs(unstarted_relay):
     relay = unstarted_relay
     block = relay.ssh_config.read_text()
