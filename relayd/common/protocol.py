@@ -53,10 +53,10 @@ class Stop(namedtuple("Stop", "")):
     __slots__ = ()
 
 
-Request = Connect | Capture | Status | Stop
+AnyRequest = Connect | Capture | Status | Stop
 
 
-def parse_request(line: bytes) -> Request:
+def parse_request(line: bytes) -> AnyRequest:
     """Parse one request line (without its newline)."""
     if len(line) > MAX_REQUEST_LINE:
         raise BadRequest("request line too long")

@@ -34,7 +34,7 @@ WAIT_REPORT_INTERVAL = 30.0
 
 
 @dataclass(frozen=True)
-class Request:
+class LegRequest:
     """What one client asked for."""
 
     job: JobName
@@ -63,7 +63,7 @@ class Reacher:
             self._sources[label] = make_source(self._config, self.schedd(label))
         return self._sources[label]
 
-    async def open_leg(self, request: Request, progress: Progress, first: bool) -> tuple[Credentials, Ad | None]:
+    async def open_leg(self, request: LegRequest, progress: Progress, first: bool) -> tuple[Credentials, Ad | None]:
         """Credentials for one more upstream connection to the job, and its ad if it was looked up."""
         job = request.job
         schedd = self.schedd(job.label)
@@ -78,7 +78,7 @@ class Reacher:
     async def _query(self, source: JobSource, job: JobName) -> Ad | None:
         return find(await threads.deferToThread(source.query, [job]), job)
 
-    async def _until_reachable(self, source: JobSource, request: Request, progress: Progress) -> Ad | None:
+    async def _until_reachable(self, source: JobSource, request: LegRequest, progress: Progress) -> Ad | None:
         """The job's ad once it runs; waits while it is idle if the request allows."""
         job = request.job
         started = time.monotonic()
@@ -136,7 +136,7 @@ class Reacher:
             return self._config.ec2_user  # ssh sends the local login name when none was asked for
         return asked or getpass.getuser()
 
-    async def _ec2(self, request: Request, ad: Ad) -> Credentials:
+    async def _ec2(self, request: LegRequest, ad: Ad) -> Credentials:
         return await connect_instance(request.job, ad, self.ec2_user(request.user), self._paths.ec2_known_hosts,
                                       self._config.ec2_port)
 

@@ -19,7 +19,7 @@ from relayd.common.protocol import Connect
 from relayd.condor.lookup import JobSource, find, left_running
 from relayd.condor.names import JobName, parse_host
 from relayd.condor.negotiate import Captures, Credentials
-from relayd.condor.reach import Progress, Reacher, Request
+from relayd.condor.reach import LegRequest, Progress, Reacher
 from relayd.config import Config
 from relayd.daemon.control import ControlFactory
 from relayd.daemon.job_session import JobSession
@@ -170,7 +170,7 @@ class RelayDaemon:
         job = parse_host(request.host, self.config.domain)
         self.reacher.schedd(job.label)
         wait = request.wait if request.wait is not None else self.config.wait_for_running
-        reach = Request(job, request.user, wait)
+        reach = LegRequest(job, request.user, wait)
         session = self.jobs.get(job)
         if session is None:
             session = self.jobs[job] = JobSession(
@@ -185,7 +185,7 @@ class RelayDaemon:
         self.watcher.wake()
         return session
 
-    async def _open_leg(self, session: JobSession, request: Request, progress: Progress, first: bool) -> Credentials:
+    async def _open_leg(self, session: JobSession, request: LegRequest, progress: Progress, first: bool) -> Credentials:
         credentials, ad = await self.reacher.open_leg(request, progress, first)
         if ad is not None:
             session.slot = ad.get("RemoteHost")

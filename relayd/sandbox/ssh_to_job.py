@@ -46,7 +46,7 @@ def _debug_line(message: str) -> None:
     _err(time.strftime("%m/%d/%y %H:%M:%S ") + message + "\n")
 
 
-class Negotiator:
+class SshAttempts:
     """execute_ssh_retry / execute_ssh: one or more attempts to reach the job."""
 
     def __init__(self, opts: Options, layout: PoolLayout | None) -> None:
@@ -284,7 +284,7 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     if opts.remove_on_interrupt:
         _install_remove_on_interrupt(layout, opts.cluster, opts.proc)
-    return Negotiator(opts, layout).run()
+    return SshAttempts(opts, layout).run()
 
 
 if __name__ == "__main__":

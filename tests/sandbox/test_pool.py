@@ -25,6 +25,7 @@ from pathlib import Path
 
 import pytest
 import yaml
+from harness import wait_for
 
 from relayd.sandbox import (
     PoolError,
@@ -79,13 +80,6 @@ def client_env(tmp_path, monkeypatch):
 def tool(pool: Path, *args: str, **kwargs) -> subprocess.CompletedProcess:
     return subprocess.run([str(pool / "bin" / "condor_ssh_to_job"), *args],
                           capture_output=True, text=True, timeout=30, **kwargs)
-
-
-def wait_for(predicate, timeout: float = 10.0) -> None:
-    deadline = time.monotonic() + timeout
-    while not predicate():
-        assert time.monotonic() < deadline, "timed out"
-        time.sleep(0.02)
 
 
 def session_dirs(tmp: Path) -> list[Path]:
@@ -355,7 +349,7 @@ def test_remove_on_interrupt_removes_the_job(pool):
     proc = subprocess.Popen([str(pool / "bin" / "condor_ssh_to_job"), "-remove-on-interrupt",
                              *SSH, *FAST, "1.0", "sleep 30"],
                             stderr=subprocess.PIPE, text=True)
-    wait_for(lambda: sshd_pids(pool, 1, 0))
+    assert wait_for(lambda: sshd_pids(pool, 1, 0))
     proc.send_signal(signal.SIGTERM)
     _, stderr = proc.communicate(timeout=10)
     assert proc.returncode == 1
@@ -376,7 +370,7 @@ def test_leaving_running_kills_the_job_and_its_sshds(pool, client_env):
     submit_job(pool)
     job_pid, = job_pids(pool, 1, 0)
     session = _sleeping_session(pool)
-    wait_for(lambda: sshd_pids(pool, 1, 0))
+    assert wait_for(lambda: sshd_pids(pool, 1, 0))
     sshd_pid, = sshd_pids(pool, 1, 0)
     sshd_dir = pool / "execute" / "dir_1_0" / ".condor_ssh_to_job_1"
     assert (sshd_dir / "sshd_config").exists()
@@ -385,8 +379,8 @@ def test_leaving_running_kills_the_job_and_its_sshds(pool, client_env):
     for pid in (job_pid, sshd_pid):
         assert not Path(f"/proc/{pid}").exists() or "Z" in Path(f"/proc/{pid}/stat").read_text()
     assert sshd_pids(pool, 1, 0) == [] and job_pids(pool, 1, 0) == []
-    wait_for(lambda: not sshd_dir.exists())  # the starter removes an sshd's directory
-    wait_for(lambda: session_dirs(client_env) == [])
+    assert wait_for(lambda: not sshd_dir.exists())  # the starter removes an sshd's directory
+    assert wait_for(lambda: session_dirs(client_env) == [])
     ad, = load_ads(pool, include_history=True)
     assert ad["JobStatus"] == 3 and ad["LastRemoteHost"] == "slot1_1@sandbox.local"
 
@@ -396,7 +390,7 @@ def test_a_completed_job_leaves_its_sshds_running(pool, client_env):
     submit_job(pool)
     session = _sleeping_session(pool)
     try:
-        wait_for(lambda: sshd_pids(pool, 1, 0))
+        assert wait_for(lambda: sshd_pids(pool, 1, 0))
         set_status(pool, 1, 0, "completed")
         assert job_pids(pool, 1, 0) == [] and len(sshd_pids(pool, 1, 0)) == 1
         assert session.poll() is None
