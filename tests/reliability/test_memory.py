@@ -21,7 +21,7 @@ from netutil import EchoServer
 from relayd.sandbox import pool as sandbox
 
 ROGUE_CLIENT = Path(__file__).parents[1] / "rogue_ssh.py"
-ROGUE_SSHD = Path(__file__).with_name("rogue_sshd.py")
+ROGUE_SSHD = Path(__file__).parents[1] / "rogue_sshd.py"
 RSS_LIMIT_KIB = 100 * 1024
 JOB_CONNECT = (
     "import socket, sys; s = socket.create_connection(('127.0.0.1', int(sys.argv[1]))); "
