@@ -5,7 +5,7 @@ VENV := .venv
 STAMP := $(VENV)/.installed
 BENCH_VENV := .venv-bench
 BENCH_STAMP := $(BENCH_VENV)/.installed
-SOURCES := $(wildcard relayd/*.py relayd/sandbox/*.py relayd/sandbox/*.sh clientconf/*.py) scripts/condor-relay-connect
+SOURCES := $(shell find relayd clientconf -name '*.py' -o -name '*.sh') scripts/condor-relay-connect
 
 VERSION := $(shell sed -n 's/^version = //p' setup.cfg)
 DIST := dist
