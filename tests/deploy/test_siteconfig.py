@@ -16,7 +16,7 @@ from clientconf import dropin
 from relayd.config import ConfigError
 from relayd.siteconfig import SITE_FAULT, load_merged
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 SITE = """\
 domain: condor
 keygen_options: -t rsa

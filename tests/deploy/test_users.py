@@ -32,7 +32,7 @@ from harness import wait_for
 pytestmark = pytest.mark.skipif(os.geteuid() != 0 or not Path("/usr/bin/python3").exists(),
                                 reason="creates users and a system-wide install (root, /usr/bin/python3)")
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 USERS = ("condor-relay-u1", "condor-relay-u2")
 POOL_GROUP = "condor-relay-ap"  # the users' access to the sandbox pool, which stands in for the schedd
 SYSTEM_PYTHON = "/usr/bin/python3"  # every user can run it (the test's own interpreter may not be)
