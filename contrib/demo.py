@@ -80,7 +80,7 @@ def main() -> int:
         same = hashlib.sha256(blob.read_bytes()).digest() == hashlib.sha256((root / "blob.back").read_bytes()).digest()
         print(f"\ndemo: 8 MiB scp round trip {'matches (sha256)' if same else 'DIFFERS'}")
         negotiations = len((pool_dir / "negotiations.log").read_text().splitlines())
-        print(f"demo: first connection (negotiating) {first:.2f} s, second (a mux request to ssh's master for the job) {second:.2f} s; "
+        print(f"demo: first connection (negotiating) {first:.2f} s, second (reusing the relay's connection to the job) {second:.2f} s; "
               f"negotiations: {negotiations}")
         return 0 if same else 1
     finally:
