@@ -162,3 +162,24 @@ def test_a_job_held_while_waiting_fails_with_the_reason_and_is_removed(relay, st
     [ad] = relay_jobs(relay)
     assert_fails(done, f"job {ad['ClusterId']}.0 of profile cpu was held: over disk quota; removed the job")
     assert ad["JobStatus"] == REMOVED
+
+
+def test_vscode_window_on_a_profile_listed_by_ssh_config_jobs(relay):
+    from e2e.test_channels import http_get_through_socks, stop, vscode_window
+
+    configure(relay)
+    printed = relayd(relay, "ssh-config", "install", "--jobs")
+    assert printed.returncode == 0, printed.stderr
+    text = relay.ssh_config.read_text()
+    assert "\nHost *.condor\n" in text and "\nHost cpu.condor\n" in text and "\nHost gpu.condor\n" in text
+    windows = []
+    try:
+        for _ in range(2):  # the second window (and the first's reconnects) reach the same job
+            window, socks_port, server_port = vscode_window(relay, "cpu.condor")
+            windows.append(window)
+            response = http_get_through_socks(socks_port, server_port)
+            assert response.startswith(b"HTTP/1.0 200") and response.endswith(b"vscode server in the job")
+    finally:
+        for window in windows:
+            stop(window)
+    assert len(relay_jobs(relay)) == 1 and relay.negotiations() == 1
