@@ -143,6 +143,12 @@ class OnDemand:
         live = [ad for ad in ads if ad.get("JobStatus") in (RUNNING, IDLE) and not self._was_released(ad, key[1])]
         live.sort(key=lambda ad: (ad.get("JobStatus") != RUNNING, ad.get("QDate", 0)))
         label = key[1]
+        stale = [JobName(int(ad["ClusterId"]), int(ad["ProcId"]), label=label) for ad in ads
+                 if ad.get("JobStatus") == HELD]
+        if stale:  # held (by its max_lifetime, say): of no use, and it would outlive its heartbeat in the queue
+            log.info("removing held jobs {jobs} of profile {profile}", jobs=", ".join(j.job_id for j in stale),
+                     profile=profile.name)
+            self._background(submitter.remove, stale, "condor-relay: held, replaced by a new job")
         status = None
         if live:
             job = JobName(int(live[0]["ClusterId"]), int(live[0]["ProcId"]), label=label)

@@ -183,3 +183,15 @@ def test_vscode_window_on_a_profile_listed_by_ssh_config_jobs(relay):
         for window in windows:
             stop(window)
     assert len(relay_jobs(relay)) == 1 and relay.negotiations() == 1
+
+
+def test_a_job_past_its_max_lifetime_is_held_then_replaced(relay):
+    configure(relay, profiles={"cpu": {"submit": {"request_cpus": 1}, "max_lifetime": 2}})
+    assert relay.ssh("cpu.condor", "true").returncode == 0
+    [first] = relay_jobs(relay)
+    assert first["AllowedJobDuration"] == 2
+    assert wait_for(lambda: status_of(relay, first["ClusterId"]) == HELD, timeout=10)
+    done = relay.ssh("cpu.condor", "echo new")
+    assert done.returncode == 0 and done.stdout == b"new\n", done.stderr
+    assert wait_for(lambda: status_of(relay, first["ClusterId"]) == REMOVED, timeout=10)
+    assert [ad["JobStatus"] for ad in relay_jobs(relay)] == [REMOVED, RUNNING]
