@@ -66,7 +66,7 @@ class _Shared:
 
     def settle(self, result: JobName | Failure) -> None:
         for waiter, _ in self.waiters:
-            if not waiter.called:  # a client that left meanwhile had its wait cancelled
+            if not waiter.called:  # a waiter someone cancelled
                 waiter.callback(result) if isinstance(result, JobName) else waiter.errback(result)
 
 
@@ -83,6 +83,7 @@ class OnDemand:
         self._released: set[tuple[str | None, int, int]] = set()  # removed, maybe still listed: never adopted
         self._next_heartbeat = 0.0
         self._beating = False
+        self._found_earlier = False  # the jobs of an earlier daemon were looked for
         self._loop = task.LoopingCall(self._tick)
         self._loop.clock = reactor
 
@@ -255,10 +256,13 @@ class OnDemand:
         """Refresh the heartbeat of every job held; forget those gone, adopt those found again."""
         self._beating = True
         try:
-            for label in {None, *(key[1] for key in self.jobs)}:
+            # The first heartbeat also asks the default schedd for the jobs of an earlier daemon.
+            labels = {key[1] for key in self.jobs} | (set() if self._found_earlier else {None})
+            for label in labels:
                 submitter = self._submitter_or_none(label)
                 if submitter is not None:
                     await self._beat(label, submitter)
+            self._found_earlier = True
         except LookupFailed as exc:
             log.warn("jobs on demand: heartbeat failed: {exc}", exc=exc)
         finally:
