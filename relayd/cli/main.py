@@ -190,7 +190,6 @@ def cmd_doctor(args: argparse.Namespace) -> int:
 
 def cmd_jobs(args: argparse.Namespace) -> int:
     from relayd.cli.jobs import format_rows
-
     from relayd.cli.on_demand import format_on_demand, on_demand_rows
 
     config = _load_config(default_paths())
@@ -199,7 +198,7 @@ def cmd_jobs(args: argparse.Namespace) -> int:
         sys.stdout.write(format_rows(rows))
     elif not errors:
         print("no jobs in the queue")
-    on_demand, _ = on_demand_rows(config) if config.profiles and not errors else ([], [])
+    on_demand = on_demand_rows(config)[0] if config.profiles and not errors else []  # the same schedds' errors
     if on_demand:
         sys.stdout.write("\njobs on demand (removed once unused for their profile's linger):\n"
                          + format_on_demand(on_demand))
