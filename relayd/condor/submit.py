@@ -86,7 +86,7 @@ class HTCondorSubmitter(HTCondorSource):
             raise
         except Exception as exc:  # HTCondorException, IOError, ValueError from the bindings
             where = f"schedd {self._schedd_name!r}" if self._schedd_name else "the local schedd"
-            raise LookupFailed(f"cannot {what} at {where}: {htcondor_text(str(exc))}") from None
+            raise LookupFailed(f"cannot {what} ({where}): {htcondor_text(str(exc))}") from None
 
     def submit(self, description: dict[str, str]) -> JobName:
         result = self._call("submit", lambda schedd: schedd.submit(make_submit(description)))

@@ -195,3 +195,8 @@ def test_a_job_past_its_max_lifetime_is_held_then_replaced(relay):
     assert done.returncode == 0 and done.stdout == b"new\n", done.stderr
     assert wait_for(lambda: status_of(relay, first["ClusterId"]) == REMOVED, timeout=10)
     assert [ad["JobStatus"] for ad in relay_jobs(relay)] == [REMOVED, RUNNING]
+
+
+def test_without_a_schedd_the_htcondor_submitter_says_so(relay):
+    configure(relay, job_lookup="htcondor")
+    assert_ssh_fails(relay, "cpu.condor", "cannot query (the local schedd): ")

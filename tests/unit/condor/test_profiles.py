@@ -138,3 +138,15 @@ def test_a_busy_partitionable_slot_is_judged_by_its_total():
 
 def test_no_slots_known_is_no_reason_to_give_up():
     assert unmatched_clause(_job(REQUIREMENTS), []) is None
+
+
+def test_the_htcondor2_submitter_without_a_schedd_says_so():
+    from relayd.common.errors import LookupFailed
+    from relayd.condor.names import JobName
+    from relayd.condor.submit import HTCondorSubmitter
+
+    submitter = HTCondorSubmitter()
+    with pytest.raises(LookupFailed, match=r"^cannot submit \(the local schedd\): "):
+        submitter.submit(submit_description(Profile("gpu"), 60, time.time()))
+    with pytest.raises(LookupFailed, match=r"^cannot edit jobs \(the local schedd\): "):
+        submitter.edit([JobName(1, 0)], "CondorRelayHeartbeat", "1")
