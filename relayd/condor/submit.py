@@ -100,10 +100,17 @@ class HTCondorSubmitter(HTCondorSource):
     def edit(self, jobs: Iterable[JobName], attr: str, value: str) -> None:
         import htcondor2
 
-        spec = job_spec(jobs)
-        if spec:
-            self._call("edit jobs", lambda schedd: schedd.edit(
-                spec, attr, value, flags=htcondor2.TransactionFlag.SetDirty))
+        def edit(schedd: Any) -> None:
+            failed = []
+            for job in job_spec(jobs):  # one by one: a job that just left would fail the others' edit
+                try:
+                    schedd.edit(job, attr, value, flags=htcondor2.TransactionFlag.SetDirty)
+                except Exception as exc:  # HTCondorException from the bindings
+                    failed.append(f"{job}: {exc}")
+            if failed:
+                raise RuntimeError("; ".join(failed))
+
+        self._call("edit jobs", edit)
 
     def remove(self, jobs: Iterable[JobName], reason: str) -> None:
         import htcondor2
