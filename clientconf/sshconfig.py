@@ -154,7 +154,7 @@ def render(settings: BlockSettings, hosts: list[str] | None = None) -> str:
     proxy += " --user %r"
     lines = [
         BEGIN,
-        f"Host job-*.{settings.domain}",
+        f"Host *.{settings.domain}",  # job names and profiles (jobs on demand)
         f"    ProxyCommand {proxy} %h %p",
         "    ProxyUseFdpass yes",
         *_pinning(settings.known_hosts),
@@ -180,10 +180,10 @@ def render_via(settings: ViaSettings) -> str:
                           _remote_word(settings.relayd), "ssh-config", "known-hosts"])
     lines = [
         BEGIN,
-        f"# For a laptop: reaches job-*.{settings.domain} through {settings.access_point}. Pin the relay's",
+        f"# For a laptop: reaches *.{settings.domain} through {settings.access_point}. Pin the relay's",
         "# host key once (Windows PowerShell: | Out-File -Encoding ascii instead of >):",
         f"#   {fetch_key} > {settings.known_hosts}",
-        f"Host job-*.{settings.domain}",
+        f"Host *.{settings.domain}",
         f"    ProxyCommand {' '.join(words)} --user %r %h %p",
         *_pinning(settings.known_hosts),
         END,

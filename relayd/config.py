@@ -13,6 +13,7 @@ from typing import Any
 import yaml
 
 from relayd.common.errors import ConfigError
+from relayd.condor.profiles import Profile, parse_profiles
 
 JOB_LOOKUPS = ("htcondor", "sandbox", "none")
 LABEL_PATTERN = re.compile(r"[a-z][a-z0-9_-]{0,62}", re.ASCII)  # as in host names
@@ -49,6 +50,8 @@ class Config:
     ec2_port: int = 22  # the instances' sshd port; other values are for tests
     exit_when_idle: float = 600.0  # started on demand: exit after this long without clients or upstreams; 0: never
     rekey_bytes: int = 1 << 30  # bytes each way under one key before a rekey (sshtransport); lower for tests
+    profiles: dict[str, Profile] = field(default_factory=dict)  # jobs on demand (relayd.condor.profiles)
+    heartbeat_interval: float = 60.0  # how often the daemon refreshes its on-demand jobs' heartbeat
 
     def negotiator_path(self) -> str | None:
         """The negotiator executable as an absolute path, or None when not found."""
@@ -95,8 +98,10 @@ _TYPES: dict[str, tuple[type, ...]] = {
     "ec2_port": (int,),
     "exit_when_idle": _NUMBER,
     "rekey_bytes": (int,),
+    "profiles": (dict,),
+    "heartbeat_interval": _NUMBER,
 }
-_POSITIVE = ("idle_timeout", "negotiation_timeout", "watch_interval", "ec2_port", "rekey_bytes")
+_POSITIVE = ("idle_timeout", "negotiation_timeout", "watch_interval", "ec2_port", "rekey_bytes", "heartbeat_interval")
 _NOT_NEGATIVE = ("wait_for_running", "running_grace", "exit_when_idle")
 _SCHEDD_KEYS = {f.name for f in fields(ScheddConfig)}
 
@@ -176,6 +181,8 @@ def parse_values(text: str, path: Path) -> tuple[dict[str, Any], dict[str, yaml.
         nodes[key] = value_node
         if key == "schedds":
             values[key] = _parse_schedds(path, value_node)
+        elif key == "profiles":
+            values[key] = parse_profiles(path, value_node)
         else:
             values[key] = _value(path, key, value_node, _TYPES[key])
     return values, nodes

@@ -3,7 +3,7 @@
 An access point's administrator sets the site's defaults once (schedd labels, the
 negotiator, the domain, timeouts) in /etc/condor-relay/config.yaml, or the file named by
 CONDOR_RELAY_SITE_CONFIG (`none`: no site file). Every key a user's file sets replaces the
-site's; `schedds` merges label by label, so a user may add a schedd without copying the
+site's; `schedds` and `profiles` merge entry by entry, so a user may add a schedd without copying the
 site's. Each effective value keeps where it came from, for `relayd doctor`.
 
 A broken site file stops relayd as a broken user file does, with the file and line and a
@@ -77,14 +77,14 @@ def merge(site: Layer | None, user: Layer) -> Merged:
             continue
         for key, value in layer.values.items():
             nodes[key] = (layer.path, layer.nodes[key])
-            if key == "schedds":
+            if key in ("schedds", "profiles"):  # merged entry by entry
                 values[key] = {**values.get(key, {}), **value}
-                origins.update({f"schedds.{label}": layer.where(key) for label in value})
+                origins.update({f"{key}.{label}": layer.where(key) for label in value})
             else:
                 values[key] = value
                 origins[key] = layer.where(key)
     for name in (f.name for f in fields(Config)):
-        if name != "schedds":
+        if name not in ("schedds", "profiles"):
             origins.setdefault(name, DEFAULT)
     try:
         config = make_config(values, nodes, user.path)

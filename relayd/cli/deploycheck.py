@@ -46,6 +46,9 @@ def _value(config: Config, name: str) -> str:
     if name.startswith("schedds."):
         found = config.schedds[name.partition(".")[2]]
         return ", ".join(f"{f.name}={getattr(found, f.name)}" for f in fields(found) if getattr(found, f.name))
+    if name.startswith("profiles."):
+        profile = config.profiles[name.partition(".")[2]]
+        return f"submit={profile.submit}, linger={profile.linger:g}, max_lifetime={profile.max_lifetime}"
     value = getattr(config, name)
     if isinstance(value, bool):
         return str(value).lower()

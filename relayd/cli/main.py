@@ -95,7 +95,11 @@ def cmd_ssh_config(args: argparse.Namespace) -> int:
             print(f"relayd: {exc}", file=sys.stderr)
             return 2
         return 0
-    hosts = [row.host for row in _job_rows(config)[0] if row.reachable] if args.jobs else None
+    hosts = None
+    if args.jobs:
+        from relayd.cli.on_demand import profile_hosts
+
+        hosts = profile_hosts(config) + [row.host for row in _job_rows(config)[0] if row.reachable]
     block = _local_block(paths, config, hosts)
     if args.action == "print":
         sys.stdout.write(block)
@@ -186,13 +190,32 @@ def cmd_doctor(args: argparse.Namespace) -> int:
 
 def cmd_jobs(args: argparse.Namespace) -> int:
     from relayd.cli.jobs import format_rows
+    from relayd.cli.on_demand import format_on_demand, on_demand_rows
 
-    rows, errors = _job_rows(_load_config(default_paths()))
+    config = _load_config(default_paths())
+    rows, errors = _job_rows(config)
     if rows:
         sys.stdout.write(format_rows(rows))
     elif not errors:
         print("no jobs in the queue")
+    on_demand = on_demand_rows(config)[0] if config.profiles and not errors else []  # the same schedds' errors
+    if on_demand:
+        sys.stdout.write("\njobs on demand (removed once unused for their profile's linger):\n"
+                         + format_on_demand(on_demand))
     return 1 if errors and not rows else 0
+
+
+def cmd_release(args: argparse.Namespace) -> int:
+    from relayd.cli.on_demand import release
+    from relayd.common.errors import RelayError
+
+    try:
+        lines = release(_load_config(default_paths()), args.profile)
+    except RelayError as exc:
+        print(f"relayd: {exc}", file=sys.stderr)
+        return 1
+    print("\n".join(lines))
+    return 0
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -225,7 +248,7 @@ def build_parser() -> argparse.ArgumentParser:
                             help="the block for every user (as root), from the site config")
     ssh_config.add_argument("--dry-run", action="store_true", help="show the change as a diff, write nothing")
     ssh_config.add_argument("--jobs", action="store_true",
-                            help="add a Host entry per running job (for VS Code's Remote Explorer)")
+                            help="add a Host entry per profile and running job (for VS Code's Remote Explorer)")
     ssh_config.add_argument("--via", metavar="ACCESS_POINT",
                             help="print a block for a laptop that reaches this host as ACCESS_POINT over ssh")
     ssh_config.add_argument("--ssh", default="ssh", help="with --via: the laptop's ssh program (default: ssh)")
@@ -236,6 +259,10 @@ def build_parser() -> argparse.ArgumentParser:
 
     jobs = sub.add_parser("jobs", help="list your jobs with their ssh host names (running first)")
     jobs.set_defaults(func=cmd_jobs)
+
+    release = sub.add_parser("release", help="remove your job of a profile (jobs on demand) at once")
+    release.add_argument("profile", help="the profile, as in its host name: gpu, or gpu.<schedd label>")
+    release.set_defaults(func=cmd_release)
 
     status = sub.add_parser("status", help="what the daemon holds: upstreams, clients, traffic")
     status.add_argument("--json", action="store_true", help="the status as JSON")

@@ -8,5 +8,5 @@ HOST_KEY_ALIAS = "condor-relay"  # the generated block's HostKeyAlias (OpenSSH)
 
 def pinned_names(domain: str) -> str:
     """The known_hosts host field: the alias, and the job names' pattern for clients without
-    HostKeyAlias, which look the key up by the host name they connect to."""
-    return f"{HOST_KEY_ALIAS},job-*.{domain}"
+    HostKeyAlias, which look the key up by the host name they connect to (job names and profiles)."""
+    return f"{HOST_KEY_ALIAS},*.{domain}"

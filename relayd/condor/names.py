@@ -56,3 +56,24 @@ def parse_host(host: str, domain: str) -> JobName:
         node=int(node) if node is not None else None,
         label=match["label"],
     )
+
+
+@dataclass(frozen=True)
+class ProfileName:
+    """`<profile>[.<schedd label>].<domain>`: a job on demand (relayd.condor.profiles)."""
+
+    profile: str
+    label: str | None = None
+
+    def host(self, domain: str) -> str:
+        return ".".join([self.profile] + ([self.label] if self.label else []) + [domain])
+
+
+def parse_profile_host(host: str, domain: str) -> ProfileName | None:
+    """A profile's host name such as `gpu.condor` or `gpu.ap2.condor`; None for anything
+    else, job names (`job-...`) included, which parse_host takes."""
+    pattern = rf"(?P<profile>{_LABEL})(?:\.(?P<label>{_LABEL}))?\.{re.escape(domain.lower())}"
+    match = re.fullmatch(pattern, host.lower().rstrip("."), flags=re.ASCII)
+    if not match or match["profile"].startswith("job-") or len(host) > 253:
+        return None
+    return ProfileName(match["profile"], match["label"])

@@ -17,13 +17,15 @@ from relayd.common.errors import AlreadyRunning, JobUnreachable, LookupFailed
 from relayd.common.paths import Paths, private_dir
 from relayd.common.protocol import Connect
 from relayd.condor.lookup import JobSource, find, left_running
-from relayd.condor.names import JobName, parse_host
+from relayd.condor.names import JobName, parse_host, parse_profile_host
 from relayd.condor.negotiate import Captures, Credentials
 from relayd.condor.reach import LegRequest, Progress, Reacher
+from relayd.condor.submit import JobSubmitter, make_submitter
 from relayd.config import Config
 from relayd.daemon.control import ControlFactory
 from relayd.daemon.job_session import JobSession
 from relayd.daemon.job_watch import JobWatcher
+from relayd.daemon.on_demand import OnDemand
 from relayd.daemon.status import snapshot
 from relayd.ssh.client_transport import ClientTransport, ClientTransportFactory
 from relayd.ssh.job_keys import NegotiatedKey
@@ -56,6 +58,7 @@ class RelayDaemon:
         self.jobs: dict[JobName, JobSession] = {}
         self.reacher = Reacher(reactor, config, paths, self.captures)
         self.watcher = self._watcher()
+        self.on_demand = OnDemand(reactor, config, self._submitter, self.jobs.get, lambda: self.on_idle_change())
         self.started = time.time()
         self.activation = "foreground"  # or "helper" / "systemd": how run.py started it, for status
         self.connections: set[ControlConnection] = set()  # every open connection on the socket
@@ -92,12 +95,14 @@ class RelayDaemon:
         finally:
             os.umask(old_umask)
         log.info("relayd listening on {path}", path=str(path))
+        self.on_demand.start()
 
     def adopt(self, fd: int) -> None:
         """Serve a socket someone else listens on (systemd socket activation)."""
         self._port = self.reactor.adoptStreamPort(fd, socket.AF_UNIX, ControlFactory(self))
         self._adopted = True
         log.info("relayd serving the socket systemd passed ({path})", path=str(self.paths.socket))
+        self.on_demand.start()
 
     @property
     def negotiations(self) -> int:
@@ -139,17 +144,20 @@ class RelayDaemon:
         self.config = config
         self.reacher = Reacher(self.reactor, config, self.paths, self.captures)
         self.reacher.negotiations = negotiations
+        self.on_demand.config = config
+        self.on_demand.start()
         self.watcher.stop()
         self.watcher = self._watcher()
         if self.jobs:
             self.watcher.wake()
 
     def is_idle(self) -> bool:
-        return not self.jobs and not self.connections
+        return not self.jobs and not self.connections and not self.on_demand.jobs
 
     def stop(self) -> defer.Deferred[None]:
         """Tell every client why, close every upstream, and stop accepting."""
         reason = "relayd is shutting down"
+        self.on_demand.stop()  # its jobs stay, to be found again; their heartbeat stops
         for session in list(self.jobs.values()):
             session.close(reason)
         for connection in list(self.connections):
@@ -167,9 +175,13 @@ class RelayDaemon:
         """Resolve the host to a job and return its session once connected (negotiating once).
 
         Raises a RelayError whose message is for the user."""
-        job = parse_host(request.host, self.config.domain)
-        self.reacher.schedd(job.label)
         wait = request.wait if request.wait is not None else self.config.wait_for_running
+        profile = parse_profile_host(request.host, self.config.domain)
+        if profile is not None:  # a job on demand: found or submitted, and running
+            job = await self.on_demand.resolve(profile, progress)
+        else:
+            job = parse_host(request.host, self.config.domain)
+        self.reacher.schedd(job.label)
         reach = LegRequest(job, request.user, wait)
         session = self.jobs.get(job)
         if session is None:
@@ -209,6 +221,9 @@ class RelayDaemon:
             if reason is not None:
                 return reason
         return None
+
+    def _submitter(self, label: str | None) -> JobSubmitter | None:
+        return make_submitter(self.config, self.reacher.schedd(label))
 
     def _watch_source(self, label: str | None) -> JobSource | None:
         try:

@@ -42,6 +42,8 @@ def _parser() -> argparse.ArgumentParser:
                       help="seconds between -auto-retry attempts")
     init.add_argument("--schedd-name", default=defaults.schedd_name)
     init.add_argument("--exec-host", default=defaults.exec_host)
+    init.add_argument("--start-delay", type=float, default=defaults.start_delay,
+                      help="seconds before the negotiator starts a job on demand")
 
     submit = commands.add_parser("submit", help="submit jobs; prints their ids")
     submit.add_argument("dir")
@@ -124,7 +126,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             print(create_pool(args.dir, job_user=args.job_user,
                               negotiation_delay=args.negotiation_delay,
                               ssh_ready_delay=args.ssh_ready_delay, retry_delay=args.retry_delay,
-                              schedd_name=args.schedd_name, exec_host=args.exec_host))
+                              schedd_name=args.schedd_name, exec_host=args.exec_host,
+                              start_delay=args.start_delay))
         elif args.command == "submit":
             for cluster, proc in submit_cluster(args.dir, args.count, args.status,
                                                 **_submit_attrs(args)):

@@ -47,6 +47,9 @@ LEFT_QUEUE = (REMOVED, COMPLETED)
 SLOTLESS = (SCHEDULER, GRID)
 
 
+DEFAULT_SLOT = {"Cpus": 4, "Memory": 8192, "GPUs": 0, "Disk": 100_000_000, "Arch": "X86_64", "OpSys": "LINUX"}
+
+
 class PoolError(RuntimeError):
     """A pool operation that cannot be done; str() is meant for the user."""
 
@@ -64,7 +67,8 @@ class PoolSettings:
     fault tests: "hang" (the schedd never answers; the tool waits forever with
     a child in its process group), "no_socket" (the -ssh command is never run
     and the tool exits 0), "wrong_host_key" (the client is told a server key
-    that the sshd does not have).
+    that the sshd does not have). start_delay and slot model the negotiator for jobs on
+    demand: when an idle job starts, and what no request may exceed.
     """
 
     schedd_name: str = "sandbox"
@@ -76,6 +80,10 @@ class PoolSettings:
     schedd_enable_ssh_to_job: bool = True
     enable_ssh_to_job: bool = True
     negotiation_fault: str = ""
+    # Jobs on demand (relayd.sandbox.demand): an idle job the pool's one slot can run starts
+    # after start_delay seconds; `slot` is that slot's machine ad (resources in HTCondor's units).
+    start_delay: float = 0.0
+    slot: dict[str, Any] = dataclasses.field(default_factory=lambda: dict(DEFAULT_SLOT))
 
     @classmethod
     def from_mapping(cls, data: dict[str, Any]) -> PoolSettings:

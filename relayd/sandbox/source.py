@@ -10,6 +10,7 @@ from relayd.common.termsafe import htcondor_text
 from relayd.condor.lookup import Ad, safe_ads
 from relayd.condor.names import JobName
 
+from .demand import schedd_cycle
 from .pool import PoolError, load_ads, pool_settings
 
 
@@ -24,6 +25,7 @@ class SandboxSource:
         try:
             if self._schedd is not None and self._schedd != pool_settings(self._pool_dir).schedd_name:
                 raise LookupFailed(f"schedd {self._schedd!r} not found in the sandbox pool")
+            schedd_cycle(self._pool_dir)  # what a real pool does on its own clock (jobs on demand)
             ads = load_ads(self._pool_dir)
         except (OSError, PoolError) as exc:
             raise LookupFailed(f"cannot read the sandbox pool at {self._pool_dir}: {htcondor_text(str(exc))}") from None

@@ -224,7 +224,7 @@ def without_alias(ssh_config, tmp_path) -> Path:
 
 def test_the_pin_names_the_job_hosts_as_well_as_the_alias(relay):
     printed = relay.run([RELAYD, "ssh-config", "known-hosts"], check=True).stdout.decode()
-    assert printed.startswith("condor-relay,job-*.condor ssh-ed25519 ") and printed.count("\n") == 1
+    assert printed.startswith("condor-relay,*.condor ssh-ed25519 ") and printed.count("\n") == 1
     known_hosts = Path(relay.home.env["XDG_STATE_HOME"]) / "condor-relay" / "known_hosts"
     assert known_hosts.read_text() == printed
     doctor = relay.run([RELAYD, "doctor", "--ssh-config", str(relay.ssh_config)], text=True)
