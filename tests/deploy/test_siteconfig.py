@@ -158,8 +158,15 @@ def test_check_system_installs_what_is_missing_as_root_and_says_how_otherwise(tm
     done = subprocess.run(["sh", script], env={"PATH": path}, capture_output=True, text=True, timeout=30)
     assert done.returncode == 0, done.stderr
     assert (tmp_path / "apt.log").read_text() == "update -qq\ninstall -y rsync\n"
-    nobody = subprocess.run(["sh", script], env={"PATH": path}, capture_output=True, text=True, timeout=30,
-                            user="nobody", cwd="/")
+    # as a user: from a copy that user can read (a checkout may sit in a private directory)
+    shared = Path(tempfile.mkdtemp(prefix="condor-relay-check-"))
+    shared.chmod(0o755)
+    shutil.copy(script, shared / "check-system.sh")
+    try:
+        nobody = subprocess.run(["sh", str(shared / "check-system.sh")], env={"PATH": path}, capture_output=True,
+                                text=True, timeout=30, user="nobody", cwd="/")
+    finally:
+        shutil.rmtree(shared)
     assert nobody.returncode == 1
     assert "install them with: sudo apt-get install -y rsync" in nobody.stderr
     assert (tmp_path / "apt.log").read_text().count("install") == 1  # not run for a user
