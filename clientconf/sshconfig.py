@@ -113,6 +113,24 @@ def _pinning(known_hosts: str) -> list[str]:
     ]
 
 
+def _direct(settings: BlockSettings, proxy: str) -> list[str]:
+    """The direct path (relayd.daemon.direct), before the relayed entry so that its values win:
+    ssh gets the job's own socket, the job's key from the daemon's agent socket and its host
+    key from the helper (KnownHostsCommand), never from a file; the relay's pinned key still
+    counts, for the relay's refusals. ssh's user must be the one the job's sshd runs as
+    (ssh's default, the local name, where jobs run as their owner; else user@ or -l)."""
+    if not settings.socket:
+        return []  # the system drop-in: no per-user agent socket path to name
+    agent = os.path.join(os.path.dirname(settings.socket), "agent.sock")
+    return [
+        f"Host job-*.direct.{settings.domain}",
+        "    # bulk transfers: ssh talks to a fresh sshd of the job's own, the relay only negotiates",
+        f"    ProxyCommand {proxy} %h %p",
+        f"    IdentityAgent {_quote_path(agent)}",
+        f"    KnownHostsCommand {proxy.removesuffix(' --user %r')} --known-hosts %H",
+    ]
+
+
 def _multiplexing(settings: BlockSettings) -> list[str]:
     """By default each ssh is a client of the relay of its own (the relay shares the job's
     connection among them): ssh's ControlMaster would make a later `ssh -A`/`-X` follow the
@@ -154,6 +172,7 @@ def render(settings: BlockSettings, hosts: list[str] | None = None) -> str:
     proxy += " --user %r"
     lines = [
         BEGIN,
+        *_direct(settings, proxy),
         f"Host job-*.{settings.domain}",
         f"    ProxyCommand {proxy} %h %p",
         "    ProxyUseFdpass yes",

@@ -56,3 +56,15 @@ def parse_host(host: str, domain: str) -> JobName:
         node=int(node) if node is not None else None,
         label=match["label"],
     )
+
+
+DIRECT_LABEL = "direct"  # job-32.0.direct.condor: the job's own sshd, with no relay in the data path
+
+
+def parse_direct(host: str, domain: str) -> JobName | None:
+    """The job of a direct-path name (`job-32.0[.<label>].direct.<domain>`), None for any other."""
+    suffix = f".{DIRECT_LABEL}.{domain.lower()}"
+    name = host.lower().rstrip(".")
+    if not name.endswith(suffix):
+        return None
+    return parse_host(name[: -len(suffix)] + f".{domain.lower()}", domain)
