@@ -42,6 +42,7 @@ class Rig:
         self.cluster, self.proc = sandbox.submit_job(self.pool_dir, status="running")
         self.job_id = f"{self.cluster}.{self.proc}"
         self.host = f"job-{self.job_id}.condor"
+        self.direct_host = ""  # user@job-N.M.direct.condor, once the job's user is known
         self.home = Home.make(self.root / "user")
         self.runtime_dir = tempfile.mkdtemp(prefix="crb-")
         self.home.env["XDG_RUNTIME_DIR"] = self.runtime_dir
@@ -70,6 +71,7 @@ class Rig:
         key.chmod(0o600)
         known_hosts = self.root / "direct_known_hosts"
         known_hosts.write_bytes(b"direct " + setup.public_key)
+        self.direct_host = f"{setup.remote_user}@job-{self.job_id}.direct.condor"  # the user its sshd takes
         sshd = [SSHD, "-i", "-e", "-f", str(setup.sshd_dir / "sshd_config")]
         if os.geteuid() == 0:
             sshd = ["setpriv", f"--reuid={user.uid}", f"--regid={user.gid}", "--init-groups", *sshd]

@@ -117,17 +117,27 @@ def _direct(settings: BlockSettings, proxy: str) -> list[str]:
     """The direct path (relayd.daemon.direct), before the relayed entry so that its values win:
     ssh gets the job's own socket, the job's key from the daemon's agent socket and its host
     key from the helper (KnownHostsCommand), never from a file; the relay's pinned key still
-    counts, for the relay's refusals. ssh's user must be the one the job's sshd runs as
-    (ssh's default, the local name, where jobs run as their owner; else user@ or -l)."""
+    counts, for the relay's refusals. ssh's user must be the one the job's sshd runs as (ssh's
+    default, the local name, where jobs run as their owner; else user@ or -l).
+
+    Every connection costs a negotiation (a fresh sshd), so bulk tools share one through ssh's
+    own ControlMaster, lingering `control_persist` seconds as a relayed upstream does.
+    """
     if not settings.socket:
         return []  # the system drop-in: no per-user agent socket path to name
-    agent = os.path.join(os.path.dirname(settings.socket), "agent.sock")
+    runtime = os.path.dirname(settings.socket)
+    control_path = os.path.join(runtime, "direct-%C")
+    sharing = ["    ControlMaster auto", f"    ControlPath {control_path}",
+               f"    ControlPersist {settings.control_persist}"]
+    if len(control_path.replace("%C", "0" * 40).encode()) > _MAX_CONTROL_PATH or not _PLAIN_WORD.match(runtime):
+        sharing = ["    # each ssh negotiates its own sshd: the runtime dir's path does not suit ssh's control sockets"]
     return [
         f"Host job-*.direct.{settings.domain}",
-        "    # bulk transfers: ssh talks to a fresh sshd of the job's own, the relay only negotiates",
+        "    # bulk transfers: ssh talks to a sshd of the job's own, the relay only negotiates",
         f"    ProxyCommand {proxy} %h %p",
-        f"    IdentityAgent {_quote_path(agent)}",
+        f"    IdentityAgent {_quote_path(os.path.join(runtime, 'agent.sock'))}",
         f"    KnownHostsCommand {proxy.removesuffix(' --user %r')} --known-hosts %H",
+        *sharing,
     ]
 
 
