@@ -123,19 +123,19 @@ def _direct(settings: BlockSettings, proxy: str) -> list[str]:
     Every connection costs a negotiation (a fresh sshd), so bulk tools share one through ssh's
     own ControlMaster, lingering `control_persist` seconds as a relayed upstream does.
     """
-    if not settings.socket:
-        return []  # the system drop-in: no per-user agent socket path to name
     runtime = os.path.dirname(settings.socket)
+    if not settings.socket or not _PLAIN_WORD.match(runtime):
+        return []  # the system drop-in (no per-user socket path to name), or a path ssh_config would change
     control_path = os.path.join(runtime, "direct-%C")
     sharing = ["    ControlMaster auto", f"    ControlPath {control_path}",
                f"    ControlPersist {settings.control_persist}"]
-    if len(control_path.replace("%C", "0" * 40).encode()) > _MAX_CONTROL_PATH or not _PLAIN_WORD.match(runtime):
-        sharing = ["    # each ssh negotiates its own sshd: the runtime dir's path does not suit ssh's control sockets"]
+    if len(control_path.replace("%C", "0" * 40).encode()) > _MAX_CONTROL_PATH:
+        sharing = ["    # each ssh negotiates its own sshd: the runtime dir is too long a path for ssh's control sockets"]
     return [
         f"Host job-*.direct.{settings.domain}",
         "    # bulk transfers: ssh talks to a sshd of the job's own, the relay only negotiates",
         f"    ProxyCommand {proxy} %h %p",
-        f"    IdentityAgent {_quote_path(os.path.join(runtime, 'agent.sock'))}",
+        f"    IdentityAgent {os.path.join(runtime, 'agent.sock')}",
         f"    KnownHostsCommand {proxy.removesuffix(' --user %r')} --known-hosts %H",
         *sharing,
     ]
