@@ -42,6 +42,13 @@ class Target:
     limit: float
     higher_is_better: bool
 
+    def measured(self, scenarios: dict[str, Scenario] | None) -> bool:
+        """Whether `scenarios` has the series this target compares (an older run may lack one)."""
+        if scenarios is None or self.scenario not in scenarios:
+            return False
+        names = {s.name for s in scenarios[self.scenario].series}
+        return self.subject in names and (self.reference is None or self.reference in names)
+
     def value(self, scenarios: dict[str, Scenario]) -> float:
         scenario = scenarios[self.scenario]
         subject = scenario.get(self.subject).median

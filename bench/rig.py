@@ -15,6 +15,7 @@ from __future__ import annotations
 import os
 import shlex
 import shutil
+import signal
 import subprocess
 import tempfile
 import time
@@ -61,6 +62,26 @@ class Rig:
         self.relay.start()
         self.relay_settings = settings
 
+    def set_idle_timeout(self, seconds: float) -> None:
+        """Change the running daemon's idle_timeout (SIGHUP) and the block's ControlPersist with it,
+        keeping the daemon (and so its memory history); sessions and ssh masters opened from now
+        on take it."""
+        assert self.relay.process is not None
+        self.relay_settings = {**self.relay_settings, "idle_timeout": seconds}
+        self.relay.configure(**self.relay_settings)
+        reloads = self.relay.log().count("config reloaded")
+        self.relay.process.send_signal(signal.SIGHUP)
+        deadline = time.monotonic() + 10
+        while self.relay.log().count("config reloaded") == reloads:
+            if time.monotonic() > deadline:
+                raise CommandFailed("relayd did not reload its config")
+            time.sleep(0.05)
+        self.relay.write_ssh_config()
+
+    def close_direct_master(self) -> None:
+        """End the direct path's ssh master (ssh's ControlMaster in the block), and so its sshd."""
+        subprocess.run(self.ssh(self.direct_host, "-O", "exit"), env=self.env, capture_output=True)
+
     def _write_direct_config(self) -> None:
         layout = PoolLayout(self.pool_dir)
         ad = sandbox.load_ads(self.pool_dir)[0]
@@ -96,6 +117,7 @@ class Rig:
 
     def close(self) -> None:
         subprocess.run(self.ssh("direct-cm", "-O", "exit"), env=self.env, capture_output=True)
+        self.close_direct_master()
         self.relay.stop()
         sandbox.stop_pool(self.pool_dir)
         shutil.rmtree(self.root, ignore_errors=True)
