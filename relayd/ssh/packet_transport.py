@@ -37,7 +37,6 @@ from twisted.conch.ssh import transport
 from twisted.conch.ssh.common import NS, getNS
 from twisted.logger import Logger
 
-from relayd.relay.wire import DATA_MESSAGES
 from relayd.ssh import packetcrypto
 
 # Key exchange messages (RFC 4253 section 12): all that strict kex lets through before
@@ -244,9 +243,7 @@ class PacketTransport(transport.SSHTransportBase):
 
     def _dispatch_packet(self, packet: memoryview) -> None:
         seq = self.incomingPacketSequence
-        messageNum, view = self.currentEncryptions.opener.open(seq, packet)
-        # Channel data goes on as a view of the decrypted packet; Conch's handlers want bytes.
-        payload = view if messageNum in DATA_MESSAGES else view.tobytes()
+        messageNum, payload = self.currentEncryptions.opener.open(seq, packet)
         self._packet_size = None
         self.incomingPacketSequence = (seq + 1) & 0xFFFFFFFF
         self._in_bytes += len(payload)

@@ -96,7 +96,7 @@ class Opener(Protocol):
     def length(self, seq: int, head: memoryview) -> int:
         """The wire size of the packet starting with `head`; call once per packet."""
 
-    def open(self, seq: int, packet: memoryview) -> tuple[int, memoryview]:
+    def open(self, seq: int, packet: memoryview) -> tuple[int, bytes]:
         """(message number, payload after it) of one whole packet; raises BadPacket."""
 
 
@@ -132,15 +132,16 @@ def _checked_length(packet_length: int, block: int, unencrypted_length: bool) ->
     return packet_length
 
 
-def _unpad(plain: bytes | bytearray, start: int, packet_length: int) -> tuple[int, memoryview]:
-    """(message number, payload) from padding_length, payload and padding at `plain[start:]`.
-
-    The payload is a view, not a copy: channel data (32 KiB a packet) goes on as it is."""
+def _unpad(plain: bytes, start: int, packet_length: int, more: bytes = b"") -> tuple[int, bytes]:
+    """(message number, payload) from padding_length, payload and padding at `plain[start:]`,
+    continued in `more` where the plain text was decrypted in two parts."""
     padding = plain[start]
     end = start + packet_length - padding
-    if padding < 4 or end <= start + 1 or end > len(plain):
+    if padding < 4 or end <= start + 1:
         raise BadPacket("bad padding length")
-    return plain[start + 1], memoryview(plain)[start + 2 : end]
+    if end <= len(plain):
+        return plain[start + 1], plain[start + 2 : end]
+    return plain[start + 1], b"".join((memoryview(plain)[start + 2 :], memoryview(more)[: end - len(plain)]))
 
 
 class Plain:
@@ -203,9 +204,7 @@ class _CtrSealer:
 
 class _CtrOpener:
     def __init__(self, key: bytes, iv: bytes, mac: _Hmac) -> None:
-        decryptor = Cipher(algorithms.AES(key), modes.CTR(iv)).decryptor()
-        self._decrypt = decryptor.update
-        self._decrypt_into = decryptor.update_into
+        self._decrypt = Cipher(algorithms.AES(key), modes.CTR(iv)).decryptor().update
         self._mac = mac
         # Encrypt-and-MAC modes encrypt the length: decrypt one block to read it.
         self.header = 4 if mac.etm else 16
@@ -225,13 +224,9 @@ class _CtrOpener:
         if self._mac.etm:
             self._mac.check(seq, packet[end:], packet[:end])
             return _unpad(self._decrypt(packet[4:end]), 0, self._length)
-        # The first block is decrypted already (for the length): the rest goes in after it,
-        # so that the plain text is one buffer (update_into wants a block of slack).
-        plain = bytearray(end + 15)
-        plain[:16] = self._first
-        self._decrypt_into(packet[16:end], memoryview(plain)[16:])
-        self._mac.check(seq, packet[end:], memoryview(plain)[:end])
-        return _unpad(plain, 4, self._length)
+        rest = self._decrypt(packet[16:end])
+        self._mac.check(seq, packet[end:], self._first, rest)
+        return _unpad(self._first, 4, self._length, rest)
 
 
 class _GcmNonce:
