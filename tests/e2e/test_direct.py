@@ -12,6 +12,7 @@ import subprocess
 import tempfile
 from pathlib import Path
 
+import pytest
 from harness import assert_ssh_fails, wait_for
 
 from relayd.daemon.direct import (
@@ -130,3 +131,20 @@ def test_job_key_never_reaches_the_disk(relay):
                 assert job_key not in path.read_bytes(), path
     finally:
         tmp.rmdir()
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="needs root to act as another user")
+def test_another_user_cannot_reach_the_agent_socket(relay):
+    target, _ = direct_job(relay)
+    ssh = subprocess.Popen(relay.ssh_argv(target, "echo up; sleep 20"), env=relay.home.env,
+                           stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    try:
+        assert ssh.stdout is not None and ssh.stdout.readline() == b"up\n"
+        agent = str(relay.home.socket.parent / AGENT_SOCKET)
+        probe = "import socket,sys; s=socket.socket(socket.AF_UNIX); s.connect(sys.argv[1]); print('connected')"
+        done = subprocess.run(["setpriv", "--reuid=nobody", "--regid=nogroup", "--clear-groups", "/usr/bin/python3",
+                               "-c", probe, agent], capture_output=True, timeout=30)
+        assert done.returncode != 0 and b"PermissionError" in done.stderr, done  # from connect(), not exec
+    finally:
+        ssh.kill()
+        ssh.communicate()
