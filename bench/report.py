@@ -35,8 +35,8 @@ def _before_median(before: dict[str, Scenario] | None, scenario: Scenario, serie
 
 
 def _target_value(target: Target, scenarios: dict[str, Scenario] | None) -> str:
-    if scenarios is None or target.scenario not in scenarios:
-        return ""
+    if not target.measured(scenarios):
+        return "-" if scenarios is not None else ""
     value = target.value(scenarios)
     if target.reference is None:
         return _number(value, scenarios[target.scenario].unit)
@@ -58,7 +58,7 @@ def markdown(scenarios: dict[str, Scenario], before: dict[str, Scenario] | None 
     lines += ["", "| target | " + ("before | " if before else "") + "now | met |",
               "| --- | " + ("---: | " if before else "") + "---: | --- |"]
     for target in TARGETS:
-        if target.scenario not in scenarios:
+        if not target.measured(scenarios):
             continue
         cells = [target.text] + ([_target_value(target, before)] if before else [])
         cells += [_target_value(target, scenarios), "yes" if target.met(scenarios) else "**no**"]
@@ -80,12 +80,12 @@ def plot(path: Path, scenarios: dict[str, Scenario], before: dict[str, Scenario]
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    targets = [t for t in TARGETS if t.scenario in scenarios]
+    targets = [t for t in TARGETS if t.measured(scenarios)]
     fig, ax = plt.subplots(figsize=(7.5, 0.42 * len(targets) + 1.1), dpi=100)
     height = 0.38 if before else 0.7
     for i, target in enumerate(reversed(targets)):
         bars = [(scenarios, "now", "#2b7bba" if target.met(scenarios) else "#d9534f", "black")]
-        if before and target.scenario in before:
+        if before and target.measured(before):
             bars.append((before, "before", "#bbbbbb", "#555555"))
         for j, (results, label, color, text_color) in enumerate(bars):
             y = i + height / 2 - j * height if len(bars) > 1 else i

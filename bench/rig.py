@@ -15,6 +15,7 @@ from __future__ import annotations
 import os
 import shlex
 import shutil
+import signal
 import subprocess
 import tempfile
 import time
@@ -42,6 +43,7 @@ class Rig:
         self.cluster, self.proc = sandbox.submit_job(self.pool_dir, status="running")
         self.job_id = f"{self.cluster}.{self.proc}"
         self.host = f"job-{self.job_id}.condor"
+        self.direct_host = ""  # user@job-N.M.direct.condor, once the job's user is known
         self.home = Home.make(self.root / "user")
         self.runtime_dir = tempfile.mkdtemp(prefix="crb-")
         self.home.env["XDG_RUNTIME_DIR"] = self.runtime_dir
@@ -60,6 +62,26 @@ class Rig:
         self.relay.start()
         self.relay_settings = settings
 
+    def set_idle_timeout(self, seconds: float) -> None:
+        """Change the running daemon's idle_timeout (SIGHUP) and the block's ControlPersist with it,
+        keeping the daemon (and so its memory history); sessions and ssh masters opened from now
+        on take it."""
+        assert self.relay.process is not None
+        self.relay_settings = {**self.relay_settings, "idle_timeout": seconds}
+        self.relay.configure(**self.relay_settings)
+        reloads = self.relay.log().count("config reloaded")
+        self.relay.process.send_signal(signal.SIGHUP)
+        deadline = time.monotonic() + 10
+        while self.relay.log().count("config reloaded") == reloads:
+            if time.monotonic() > deadline:
+                raise CommandFailed("relayd did not reload its config")
+            time.sleep(0.05)
+        self.relay.write_ssh_config()
+
+    def close_direct_master(self) -> None:
+        """End the direct path's ssh master (ssh's ControlMaster in the block), and so its sshd."""
+        subprocess.run(self.ssh(self.direct_host, "-O", "exit"), env=self.env, capture_output=True)
+
     def _write_direct_config(self) -> None:
         layout = PoolLayout(self.pool_dir)
         ad = sandbox.load_ads(self.pool_dir)[0]
@@ -70,6 +92,7 @@ class Rig:
         key.chmod(0o600)
         known_hosts = self.root / "direct_known_hosts"
         known_hosts.write_bytes(b"direct " + setup.public_key)
+        self.direct_host = f"{setup.remote_user}@job-{self.job_id}.direct.condor"  # the user its sshd takes
         sshd = [SSHD, "-i", "-e", "-f", str(setup.sshd_dir / "sshd_config")]
         if os.geteuid() == 0:
             sshd = ["setpriv", f"--reuid={user.uid}", f"--regid={user.gid}", "--init-groups", *sshd]
@@ -94,6 +117,7 @@ class Rig:
 
     def close(self) -> None:
         subprocess.run(self.ssh("direct-cm", "-O", "exit"), env=self.env, capture_output=True)
+        self.close_direct_master()
         self.relay.stop()
         sandbox.stop_pool(self.pool_dir)
         shutil.rmtree(self.root, ignore_errors=True)

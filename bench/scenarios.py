@@ -4,6 +4,7 @@ colleagues on a shared machine hits them alike."""
 from __future__ import annotations
 
 import random
+import socket
 import subprocess
 import sys
 import time
@@ -13,6 +14,7 @@ from pathlib import Path
 from bench.results import (
     CONTROLMASTER,
     DIRECT,
+    DIRECT_PATH,
     FRESH_SSHD,
     IDLE_CPU,
     IDLE_RSS,
@@ -78,8 +80,9 @@ def repeated(rig: Rig, repeat: int, negotiation_delay: float) -> Scenario:
 
 
 def bulk(rig: Rig, repeat: int, size: int) -> list[Scenario]:
-    """Upload and download `size` bytes of zeros (ssh compresses nothing by default)."""
-    hosts = {RELAY: rig.host, DIRECT: "direct-cm"}
+    """Upload and download `size` bytes of zeros (ssh compresses nothing by default). The direct
+    path negotiates a fresh sshd for every ssh: that is in its time."""
+    hosts = {RELAY: rig.host, DIRECT: "direct-cm", DIRECT_PATH: rig.direct_host}
     up = {name: Series(name) for name in hosts}
     down = {name: Series(name) for name in hosts}
     for name, host in hosts.items():
@@ -106,7 +109,8 @@ def _upload(rig: Rig, host: str, size: int) -> float:
 def rsync_tree(rig: Rig, repeat: int, files: int) -> Scenario:
     """rsync -a of a fresh tree of small files, to a new destination each time."""
     tree = _small_file_tree(rig.root / "tree", files)
-    contenders = {RELAY: (rig.relay.ssh_config, rig.host), DIRECT: (rig.direct_config, "direct-cm")}
+    contenders = {RELAY: (rig.relay.ssh_config, rig.host), DIRECT: (rig.direct_config, "direct-cm"),
+                  DIRECT_PATH: (rig.relay.ssh_config, rig.direct_host)}
     series = {name: Series(name) for name in contenders}
     for i in range(repeat):
         for n, (name, (config, host)) in enumerate(contenders.items()):
@@ -200,16 +204,20 @@ def _cpu_seconds(pid: int) -> float:
 
 
 def helper_startup(rig: Rig, repeat: int) -> Scenario:
-    """`relayd connect` start-up, run as the generated ProxyCommand runs it before every ssh
-    connection: condor-relay-connect, installed next to relayd."""
-    helper = [str(Path(rig.relay.relayd).with_name("condor-relay-connect")), "--no-start",
-              "--socket", str(rig.root / "absent.sock"), rig.host]
+    """`relayd connect` as the generated ProxyCommand runs it before every ssh connection
+    (condor-relay-connect, installed next to relayd): from its start to the hand-over of the
+    daemon's socket, on a socket pair standing for ssh's, with the daemon up."""
+    helper = [str(Path(rig.relay.relayd).with_name("condor-relay-connect")), "--socket", str(rig.relay.home.socket),
+              rig.host, "22"]
     bare = [sys.executable, "-c", "pass"]
-    runs = {"relayd connect (to no daemon)": helper, "python -c pass": bare}
+    runs = {"relayd connect (to the hand-over)": helper, "python -c pass": bare}
     series = {name: Series(name) for name in runs}
     for _ in range(repeat):
         for name, argv in runs.items():
+            ssh_end, helper_end = socket.socketpair()
             start = time.perf_counter()
-            subprocess.run(argv, env=rig.env, capture_output=True)
+            subprocess.run(argv, env=rig.env, stdin=helper_end, stdout=helper_end, stderr=subprocess.DEVNULL)
             series[name].samples.append(time.perf_counter() - start)
+            ssh_end.close()
+            helper_end.close()
     return Scenario("helper", "ProxyCommand helper start-up", "s", list(series.values()))

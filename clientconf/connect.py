@@ -41,9 +41,11 @@ class _DaemonGone(_Failed):
     """The daemon closed the connection before answering (e.g. it was exiting idle)."""
 
 
-def _read_line(sock: _socket.socket, display: ProgressDisplay) -> str:
-    """Read one reply line without consuming the SSH bytes that may follow it."""
+def _read_line(sock: _socket.socket, display: ProgressDisplay) -> tuple[str, int | None]:
+    """Read one reply line without consuming the SSH bytes that may follow it; with it, the
+    descriptor the daemon attached (the direct path's job socket), if any."""
     data = b""
+    fd = None
     while True:
         try:
             chunk = sock.recv(4096, _socket.MSG_PEEK)
@@ -55,12 +57,26 @@ def _read_line(sock: _socket.socket, display: ProgressDisplay) -> str:
         if not chunk:
             raise _DaemonGone("the relay daemon closed the connection")
         end = chunk.find(b"\n")
+        part, fd = _recv_with_fd(sock, end + 1 if end >= 0 else len(chunk), fd)
+        data += part
         if end >= 0:
-            data += sock.recv(end + 1)
-            return data[:-1].decode(errors="replace")
-        data += sock.recv(len(chunk))
+            return data[:-1].decode(errors="replace"), fd
         if len(data) > 64 * 1024:
             raise _Failed("the relay daemon sent an overlong reply")
+
+
+def _recv_with_fd(sock: _socket.socket, size: int, fd: int | None) -> tuple[bytes, int | None]:
+    """recv(size), keeping a descriptor sent along (at most one: any more are closed)."""
+    data, ancillary, _, _ = sock.recvmsg(size, _socket.CMSG_SPACE(8))
+    for level, kind, raw in ancillary:
+        if level == _socket.SOL_SOCKET and kind == _socket.SCM_RIGHTS:
+            for i in range(0, len(raw) - len(raw) % 4, 4):
+                received = int.from_bytes(raw[i : i + 4], sys.byteorder)
+                if fd is None:
+                    fd = received
+                else:
+                    os.close(received)
+    return data, fd
 
 
 def _descriptor_taker() -> _socket.socket | None:
@@ -120,29 +136,38 @@ def _open(socket_path: str, autostart: bool, display: ProgressDisplay) -> _socke
         raise _Failed(f"cannot reach the relay daemon at {socket_path}: {exc.strerror or exc}") from None
 
 
-def _ask(sock: _socket.socket, request: bytes, display: ProgressDisplay) -> None:
-    """Send the request and read the reply: OK, or raise _Failed."""
+def _ask(sock: _socket.socket, request: bytes, display: ProgressDisplay) -> _socket.socket:
+    """Send the request and read the reply: the socket to hand to ssh (the daemon's, or the
+    job's when the daemon attached it to its OK), or raise _Failed."""
     if display.interactive:
         sock.settimeout(TICK_SECONDS)
     sock.sendall(request)
-    kind, _, text = _read_line(sock, display).partition(" ")
-    sock.setblocking(True)  # ssh gets this very descriptor, flags included
+    line, fd = _read_line(sock, display)
+    kind, _, text = line.partition(" ")
     if kind != "OK":
+        if fd is not None:
+            os.close(fd)
         raise _Failed(text if kind == "ERROR" else f"unexpected reply from the relay daemon: {kind[:40]!r}")
+    if fd is not None:
+        sock.close()
+        job = _socket.socket(fileno=fd)
+        job.setblocking(True)
+        return job
+    sock.setblocking(True)  # ssh gets this very descriptor, flags included
+    return sock
 
 
 def _attempt(socket_path: str, request: bytes, autostart: bool, display: ProgressDisplay) -> _socket.socket:
     sock = _open(socket_path, autostart, display)
     try:
-        _ask(sock, request, display)
+        return _ask(sock, request, display)
     except BaseException:
         sock.close()
         raise
-    return sock
 
 
 def _connected(socket_path: str, request: bytes, autostart: bool, display: ProgressDisplay) -> _socket.socket:
-    """The daemon's socket after its OK."""
+    """The socket for ssh after the daemon's OK."""
     try:
         return _attempt(socket_path, request, autostart, display)
     except _DaemonGone:
@@ -211,8 +236,33 @@ def _refuse(message: str, stdio: bool) -> int:
     return _hand_over(ours, stdio)
 
 
+def known_hosts(socket_path: str, host: str) -> int:
+    """ssh's KnownHostsCommand for the direct path: print the host key the daemon negotiated
+    for the ssh that runs us, as a known_hosts line for `host` (%H); nothing if there is none,
+    and ssh then refuses the job's sshd as unknown."""
+    try:
+        sock = try_connect(socket_path)
+        if sock is None:
+            return 0
+        try:
+            sock.sendall(b"HOSTKEY\n")
+            line, fd = _read_line(sock, ProgressDisplay(sys.stderr, interactive=False))
+        finally:
+            sock.close()
+    except (OSError, _Failed, StartFailed) as exc:
+        sys.stderr.write(f"condor-relay: no host key for {host}: {exc}\n")
+        return 0
+    if fd is not None:
+        os.close(fd)
+    kind, _, key = line.partition(" ")
+    if kind == "OK" and key.isprintable():
+        sys.stdout.write(f"{host} {key}\n")
+    return 0
+
+
 SUMMARY = "ProxyCommand helper (used by the generated ssh_config)"
-USAGE = "usage: relayd connect [-h] [--socket SOCKET] [--stdio] [--no-start] [--user USER] host [port]"
+USAGE = ("usage: relayd connect [-h] [--socket SOCKET] [--stdio] [--no-start] [--user USER] [--known-hosts]"
+         " host [port]")
 HELP = f"""{USAGE}
 
 {SUMMARY}: connects to HOST's port PORT through the relay daemon.
@@ -227,6 +277,7 @@ options:
   --stdio          copy through stdin/stdout instead of passing the socket (behind an outer ssh)
   --no-start       fail instead of starting the daemon
   --user USER      the user ssh connects as (%r); used for EC2 instances
+  --known-hosts    print the direct path's host key for HOST (ssh's KnownHostsCommand, %H)
 """
 EXIT_USAGE = 2  # as argparse, for the other subcommands
 
@@ -239,7 +290,7 @@ class _Help(Exception):
     """-h or --help."""
 
 
-_Args = namedtuple("_Args", "host port socket stdio autostart user")
+_Args = namedtuple("_Args", "host port socket stdio autostart user known_hosts")
 
 
 def _port(word: str) -> int:
@@ -268,7 +319,7 @@ def _parse(argv: list[str]) -> _Args:
                 except StopIteration:
                     raise _Usage(f"argument {name}: expected one argument") from None
             values[name] = value
-        elif word in ("--stdio", "--no-start"):
+        elif word in ("--stdio", "--no-start", "--known-hosts"):
             flags.add(word)
         elif word.startswith("-") and word != "-":
             raise _Usage(f"unrecognized argument: {word}")
@@ -280,7 +331,7 @@ def _parse(argv: list[str]) -> _Args:
         raise _Usage(f"unrecognized arguments: {' '.join(positional[2:])}")
     port = _port(positional[1]) if len(positional) == 2 else 22
     return _Args(positional[0], port, socket_path(values.get("--socket")), "--stdio" in flags,
-                 "--no-start" not in flags, values.get("--user"))
+                 "--no-start" not in flags, values.get("--user"), "--known-hosts" in flags)
 
 
 def main(argv: list[str]) -> int:
@@ -293,4 +344,6 @@ def main(argv: list[str]) -> int:
     except _Usage as exc:
         sys.stderr.write(f"{USAGE}\nrelayd connect: error: {exc}\n")
         return EXIT_USAGE
+    if args.known_hosts:
+        return known_hosts(args.socket, args.host)
     return connect(args.socket, args.host, args.port, stdio=args.stdio, autostart=args.autostart, user=args.user)

@@ -113,6 +113,34 @@ def _pinning(known_hosts: str) -> list[str]:
     ]
 
 
+def _direct(settings: BlockSettings, proxy: str) -> list[str]:
+    """The direct path (relayd.daemon.direct), before the relayed entry so that its values win:
+    ssh gets the job's own socket, the job's key from the daemon's agent socket and its host
+    key from the helper (KnownHostsCommand), never from a file; the relay's pinned key still
+    counts, for the relay's refusals. ssh's user must be the one the job's sshd runs as (ssh's
+    default, the local name, where jobs run as their owner; else user@ or -l).
+
+    Every connection costs a negotiation (a fresh sshd), so bulk tools share one through ssh's
+    own ControlMaster, lingering `control_persist` seconds as a relayed upstream does.
+    """
+    runtime = os.path.dirname(settings.socket)
+    if not settings.socket or not _PLAIN_WORD.match(runtime):
+        return []  # the system drop-in (no per-user socket path to name), or a path ssh_config would change
+    control_path = os.path.join(runtime, "direct-%C")
+    sharing = ["    ControlMaster auto", f"    ControlPath {control_path}",
+               f"    ControlPersist {settings.control_persist}"]
+    if len(control_path.replace("%C", "0" * 40).encode()) > _MAX_CONTROL_PATH:
+        sharing = ["    # each ssh negotiates its own sshd: the runtime dir is too long a path for ssh's control sockets"]
+    return [
+        f"Host job-*.direct.{settings.domain}",
+        "    # bulk transfers: ssh talks to a sshd of the job's own, the relay only negotiates",
+        f"    ProxyCommand {proxy} %h %p",
+        f"    IdentityAgent {os.path.join(runtime, 'agent.sock')}",
+        f"    KnownHostsCommand {proxy.removesuffix(' --user %r')} --known-hosts %H",
+        *sharing,
+    ]
+
+
 def _multiplexing(settings: BlockSettings) -> list[str]:
     """By default each ssh is a client of the relay of its own (the relay shares the job's
     connection among them): ssh's ControlMaster would make a later `ssh -A`/`-X` follow the
@@ -154,6 +182,7 @@ def render(settings: BlockSettings, hosts: list[str] | None = None) -> str:
     proxy += " --user %r"
     lines = [
         BEGIN,
+        *_direct(settings, proxy),
         f"Host *.{settings.domain}",  # job names and profiles (jobs on demand)
         f"    ProxyCommand {proxy} %h %p",
         "    ProxyUseFdpass yes",

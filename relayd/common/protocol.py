@@ -7,12 +7,16 @@ Requests (one line, client to daemon):
                              to wait for an idle job to start
     CAPTURE <token>          the capture hook hands over a negotiated socket; the next line is a
                              JSON object with the keys, sent together with the socket (SCM_RIGHTS)
+    HOSTKEY                  ssh's KnownHostsCommand (the helper's --known-hosts) asks for the host
+                             key of the job whose socket its ssh was handed (the direct path)
     STATUS                   `relayd status` asks what the daemon holds: one `OK <json>` line
     STOP                     `relayd stop`: the daemon answers OK and shuts down as on SIGTERM
 Replies (daemon to client), one line:
     ERROR <text> | OK [<json>]
 A well-formed CONNECT is answered OK at once, and the same socket carries SSH from then on
 (the helper hands it to ssh); what happens while the job is reached is told through SSH.
+A CONNECT for a direct name (job-32.0.direct.condor) is answered once the job is reached:
+OK with the job's TCP socket attached (SCM_RIGHTS), which the helper hands to ssh instead.
 
 Stdlib only: the helper imports this on every connection.
 """
@@ -41,6 +45,12 @@ class Capture(namedtuple("Capture", "token")):
     __slots__ = ()
 
 
+class HostKey(namedtuple("HostKey", "")):
+    """HOSTKEY"""
+
+    __slots__ = ()
+
+
 class Status(namedtuple("Status", "")):
     """STATUS"""
 
@@ -53,7 +63,7 @@ class Stop(namedtuple("Stop", "")):
     __slots__ = ()
 
 
-AnyRequest = Connect | Capture | Status | Stop
+AnyRequest = Connect | Capture | HostKey | Status | Stop
 
 
 def parse_request(line: bytes) -> AnyRequest:
@@ -70,6 +80,8 @@ def parse_request(line: bytes) -> AnyRequest:
         return Connect(words[1], int(words[2]), **_connect_options(words[3:]))
     if words[0] == "CAPTURE" and len(words) == 2 and 16 <= len(words[1]) <= 64 and set(words[1]) <= _TOKEN_CHARS:
         return Capture(words[1])
+    if words == ["HOSTKEY"]:
+        return HostKey()
     if words == ["STATUS"]:
         return Status()
     if words == ["STOP"]:

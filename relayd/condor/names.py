@@ -77,3 +77,15 @@ def parse_profile_host(host: str, domain: str) -> ProfileName | None:
     if not match or match["profile"].startswith("job-") or len(host) > 253:
         return None
     return ProfileName(match["profile"], match["label"])
+
+
+DIRECT_LABEL = "direct"  # job-32.0.direct.condor: the job's own sshd, with no relay in the data path
+
+
+def parse_direct(host: str, domain: str) -> JobName | None:
+    """The job of a direct-path name (`job-32.0[.<label>].direct.<domain>`), None for any other."""
+    suffix = f".{DIRECT_LABEL}.{domain.lower()}"
+    name = host.lower().rstrip(".")
+    if not name.endswith(suffix):
+        return None
+    return parse_host(name[: -len(suffix)] + f".{domain.lower()}", domain)

@@ -4,6 +4,8 @@
                   --CAPTURE--> AWAIT_CAPTURE --payload+fd--> CLOSED
                   --STATUS--> (one OK line with the JSON snapshot) CLOSED
                   --STOP--> OK, SIGTERM to the daemon; closed when it shuts down
+                  --CONNECT to a direct name--> DIRECT --job reached--> OK + the job's socket, CLOSED
+                  --HOSTKEY--> (OK <key> or ERROR, for the direct path's KnownHostsCommand) CLOSED
     any state --error or bad input--> CLOSED (after one ERROR line where possible)
 
 A CONNECT is answered OK at once and the socket carries SSH from then on: the daemon
@@ -35,6 +37,7 @@ from relayd.common.protocol import (
     MAX_CAPTURE_PAYLOAD,
     MAX_REQUEST_LINE,
     Capture,
+    HostKey,
     Status,
     Stop,
     json_reply,
@@ -81,10 +84,20 @@ class ControlService(Protocol):
     def status(self, asking: ControlConnection) -> dict[str, Any]:
         """The status document, without the asking connection."""
 
+    def is_direct(self, host: str) -> bool:
+        """Whether `host` names the direct path (relayd.daemon.direct)."""
+
+    async def connect_direct(self, request: Connect, helper_pid: int) -> socket.socket:
+        """The job's TCP socket for the ssh that ran the helper `helper_pid`; raises a RelayError."""
+
+    def host_key_line(self, command_pid: int) -> str | None:
+        """The direct path's host key for the ssh that ran `command_pid`, if any."""
+
 
 class _State(Enum):
     AWAIT_REQUEST = auto()
     AWAIT_CAPTURE = auto()
+    DIRECT = auto()
     SSH = auto()
     CLOSED = auto()
 
@@ -174,6 +187,11 @@ class ControlConnection(protocol.Protocol):
             self.transport.write(json_reply(self._service.status(asking=self)))
             self._close()
             return
+        if isinstance(request, HostKey):
+            line = self._service.host_key_line(peer_credentials(self.transport.getHandle())[0])
+            self.transport.write(reply("OK", line) if line else reply("ERROR", "no direct connection for this ssh"))
+            self._close()
+            return
         if isinstance(request, Stop):
             log.info("stop requested through the socket")
             self.transport.write(reply("OK"))
@@ -181,6 +199,12 @@ class ControlConnection(protocol.Protocol):
             os.kill(os.getpid(), signal.SIGTERM)
             return
         self.host = request.host
+        if self._service.is_direct(request.host):
+            self._state = _State.DIRECT
+            helper_pid = peer_credentials(self.transport.getHandle())[0]
+            reaching = defer.ensureDeferred(self._service.connect_direct(request, helper_pid))
+            reaching.addCallbacks(self._hand_direct, self._direct_failed)
+            return
         self._start_ssh()
         connecting = defer.ensureDeferred(self._service.connect(request, self._ssh_progress))
         connecting.addCallbacks(self._connected, self._connect_failed)
@@ -212,6 +236,23 @@ class ControlConnection(protocol.Protocol):
             return
         self.transport.write(reply("OK"))
         self._close()
+
+    def _hand_direct(self, job_socket: socket.socket) -> None:
+        """OK with the job's socket attached; the helper passes it on to ssh."""
+        try:
+            if self._state is _State.DIRECT:
+                socket.send_fds(self.transport.getHandle(), [reply("OK")], [job_socket.fileno()])
+        except OSError as exc:
+            self._failure = f"could not hand over the job's socket: {exc}"
+        finally:
+            job_socket.close()
+        self._close()
+
+    def _direct_failed(self, failure: Failure) -> None:
+        if not failure.check(RelayError):
+            log.failure("direct connect failed", failure)
+        self._fail(str(failure.value) if failure.check(RelayError)
+                   else f"internal error in relayd: {failure.getErrorMessage()}")
 
     def _ssh_progress(self, text: str) -> None:
         if self._ssh is not None:

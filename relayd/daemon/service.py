@@ -17,11 +17,12 @@ from relayd.common.errors import AlreadyRunning, JobUnreachable, LookupFailed
 from relayd.common.paths import Paths, private_dir
 from relayd.common.protocol import Connect
 from relayd.condor.lookup import JobSource, find, left_running
-from relayd.condor.names import JobName, parse_host, parse_profile_host
+from relayd.condor.names import JobName, parse_direct, parse_host, parse_profile_host
 from relayd.condor.negotiate import Captures, Credentials
 from relayd.condor.reach import LegRequest, Progress, Reacher
 from relayd.condor.submit import JobSubmitter, make_submitter
 from relayd.config import Config
+from relayd.daemon import direct
 from relayd.daemon.control import ControlFactory
 from relayd.daemon.job_session import JobSession
 from relayd.daemon.job_watch import JobWatcher
@@ -64,6 +65,8 @@ class RelayDaemon:
         self.connections: set[ControlConnection] = set()  # every open connection on the socket
         self.on_idle_change: Callable[[], None] = lambda: None  # clients or upstreams came or went
         self._port = None
+        self._agent_port = None
+        self.grants = direct.Grants(reactor)  # the direct path's keys, by ssh process
         self._adopted = False
         _private_dir(paths.state_dir)
         PacketTransport.rekey_bytes = config.rekey_bytes
@@ -94,6 +97,7 @@ class RelayDaemon:
             self._port = self.reactor.listenUNIX(str(path), ControlFactory(self), mode=0o600, wantPID=False)
         finally:
             os.umask(old_umask)
+        self._listen_agent()
         log.info("relayd listening on {path}", path=str(path))
         self.on_demand.start()
 
@@ -101,8 +105,12 @@ class RelayDaemon:
         """Serve a socket someone else listens on (systemd socket activation)."""
         self._port = self.reactor.adoptStreamPort(fd, socket.AF_UNIX, ControlFactory(self))
         self._adopted = True
+        self._listen_agent()
         log.info("relayd serving the socket systemd passed ({path})", path=str(self.paths.socket))
         self.on_demand.start()
+
+    def _listen_agent(self) -> None:
+        self._agent_port = direct.listen_agent(self.reactor, self.paths.runtime_dir / direct.AGENT_SOCKET, self.grants)
 
     @property
     def negotiations(self) -> int:
@@ -162,6 +170,9 @@ class RelayDaemon:
             session.close(reason)
         for connection in list(self.connections):
             connection.shutdown(reason)
+        self.grants.revoke_all()
+        if self._agent_port is not None:
+            self._agent_port.stopListening()
         if self._port is None:
             return defer.succeed(None)
         if self._adopted:  # the socket file is systemd's: stop accepting but leave it in place
@@ -196,6 +207,28 @@ class RelayDaemon:
                             f"again once its connections have closed")
         self.watcher.wake()
         return session
+
+    def is_direct(self, host: str) -> bool:
+        return host.lower().rstrip(".").endswith(f".{direct.DIRECT_LABEL}.{self.config.domain.lower()}")
+
+    async def connect_direct(self, request: Connect, helper_pid: int) -> socket.socket:
+        """Negotiate a fresh sshd for the ssh that ran the helper and grant that ssh its keys."""
+        job = parse_direct(request.host, self.config.domain)
+        assert job is not None
+        wait = request.wait if request.wait is not None else self.config.wait_for_running
+        credentials, _ = await self.reacher.open_leg(LegRequest(job, request.user, wait), lambda text: None, True)
+        try:
+            if request.user is not None and request.user != credentials.user:
+                raise JobUnreachable(f"the sshd of job {job.job_id} logs in only as {credentials.user}: "
+                                     f"ssh {credentials.user}@{request.host} (or -l {credentials.user})")
+            self.grants.grant(direct.parent_pid(helper_pid), job, credentials)
+        except BaseException:
+            credentials.job_socket.close()
+            raise
+        return credentials.job_socket
+
+    def host_key_line(self, command_pid: int) -> str | None:
+        return self.grants.host_key_line(command_pid)
 
     async def _open_leg(self, session: JobSession, request: LegRequest, progress: Progress, first: bool) -> Credentials:
         credentials, ad = await self.reacher.open_leg(request, progress, first)

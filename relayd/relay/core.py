@@ -111,9 +111,10 @@ from relayd.relay.wire import (
 # trip through the schedd and the starter, which other users share.
 MAX_LEGS_IN_NEGOTIATION = 4
 
-# What sshd confirms a session open with: no window until the session starts, 32 KiB packets
-# (the job's OpenSSH sshd drops bigger data packets, so the client must not send more).
-SESSION_MAX_PACKET = 32768
+# The largest data packet the relay takes on any channel, whatever the receiver takes: it splits
+# data at the receiver's own maximum (the job's sshd: 32 KiB). Bigger packets from the sender
+# cost fewer Python steps per byte; this leaves room for any leg's framing within MAX_PAYLOAD.
+RELAY_MAX_PACKET = 128 * 1024
 # A session confirmed by the relay holds the client's messages until the job confirms it: at
 # most this many messages and bytes (a client sending more first is dropped); the leg is
 # picked at half of either.
@@ -432,14 +433,14 @@ class Relay:
 
     def _granted_open(self, channel: Channel, flow: Flow, rest: bytes) -> bytes:
         """An open's or confirmation's window, packet size and type data with the window the
-        relay grants the sender in place of the receiver's."""
+        relay grants the sender and the packet size it takes in place of the receiver's."""
         self._held -= flow.granted  # a session open moved to another leg is granted anew
         flow.granted = 0
         flow.granted = min(flow.limit, self._budget(flow))
         self._held += flow.granted
         if 2 * flow.granted < flow.limit:
             self._starved[flow] = channel
-        return u32(flow.granted) + rest[4:]
+        return u32(flow.granted) + u32(RELAY_MAX_PACKET) + rest[8:]
 
     def _adjusted(self, channel: Channel, flow: Flow, amount: int) -> None:
         """The receiver of `flow` opened its window by `amount`."""
@@ -720,7 +721,7 @@ class Relay:
             return
         channel.held = []  # its leg is picked once its requests say whether it forwards
         client.link.send(CHANNEL_OPEN_CONFIRMATION, u32(sender) + u32(channel.relay_id) + u32(0)
-                         + u32(SESSION_MAX_PACKET))
+                         + u32(RELAY_MAX_PACKET))
 
     def _open_on_a_leg(self, channel: Channel) -> None:
         owner = self._owner_wanted(channel)

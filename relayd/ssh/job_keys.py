@@ -25,6 +25,11 @@ class NegotiatedKey:
     def __init__(self, key: keys.Key) -> None:
         self._blob = key.blob()
 
+    @property
+    def blob(self) -> bytes:
+        """The negotiated key (the direct path hands it to ssh's KnownHostsCommand)."""
+        return self._blob
+
     def check(self, blob: bytes) -> None:
         if blob != self._blob:
             raise HostKeyRefused("the job's sshd presented a host key other than the negotiated one; refused")

@@ -80,7 +80,9 @@ def test_ssh_config_block_is_replaced_in_place_at_the_top():
 
 def test_ssh_config_block_shares_through_the_relay_and_multiplexes_only_when_asked():
     def block(socket: str, **settings: object) -> str:
-        return sshconfig.render(sshconfig.BlockSettings("condor", "/r", socket, "/kh", **settings))
+        """The relayed entry (the direct path's comes before it)."""
+        rendered = sshconfig.render(sshconfig.BlockSettings("condor", "/r", socket, "/kh", **settings))
+        return rendered[rendered.index("Host job-*.condor"):]
 
     default = block("/run/user/1/condor-relay/relay.sock")
     assert "\n    ControlMaster no\n    ControlPath none\n" in default and "ControlPersist" not in default
@@ -90,6 +92,19 @@ def test_ssh_config_block_shares_through_the_relay_and_multiplexes_only_when_ask
     assert "too long a path for ssh's control sockets\n    ControlMaster no\n" in block(deep, multiplexing=True)
     assert "would change in a ControlPath\n    ControlMaster no\n" in block("/home/a b/relay.sock", multiplexing=True)
     assert "would change in a ControlPath" in block("/home/100%/relay.sock", multiplexing=True)
+
+
+def test_ssh_config_block_has_the_direct_path_first_where_the_runtime_dir_allows():
+    def block(socket: str) -> str:
+        return sshconfig.render(sshconfig.BlockSettings("condor", "/r", socket, "/kh"))
+
+    direct = block("/run/user/1/condor-relay/relay.sock")
+    assert direct.index("Host job-*.direct.condor\n") < direct.index("Host job-*.condor\n")
+    assert "    IdentityAgent /run/user/1/condor-relay/agent.sock\n" in direct
+    assert "    KnownHostsCommand /r --socket /run/user/1/condor-relay/relay.sock --known-hosts %H\n" in direct
+    assert "    ControlPath /run/user/1/condor-relay/direct-%C\n" in direct
+    assert "too long a path" in block("/" + "d" * 60 + "/condor-relay/relay.sock")
+    assert "direct" not in block("/home/a b/relay.sock") and "direct" not in block("")
 
 
 def test_ssh_multiplexing_is_true_or_false(tmp_path):

@@ -62,7 +62,7 @@ def test_the_helper_imports_only_light_standard_modules(relay, tmp_path, helper)
 def test_bad_command_lines_exit_2_with_the_usage(capsys, argv, error):
     assert main(argv) == 2
     assert capsys.readouterr().err.splitlines() == [
-        "usage: relayd connect [-h] [--socket SOCKET] [--stdio] [--no-start] [--user USER] host [port]",
+        "usage: relayd connect [-h] [--socket SOCKET] [--stdio] [--no-start] [--user USER] [--known-hosts] host [port]",
         f"relayd connect: error: {error}",
     ]
 
@@ -70,7 +70,7 @@ def test_bad_command_lines_exit_2_with_the_usage(capsys, argv, error):
 def test_options_go_anywhere_in_either_form(tmp_path, capsys, monkeypatch):
     monkeypatch.chdir(tmp_path)
     args = _parse(["--user=-me", "job-1.0.condor", "--socket=absent.sock", "--no-start", "--", "22"])
-    assert args == (("job-1.0.condor", 22, str(tmp_path / "absent.sock"), False, False, "-me"))
+    assert args == (("job-1.0.condor", 22, str(tmp_path / "absent.sock"), False, False, "-me", False))
     assert _parse(["--user", "u", "h", "--stdio", "--socket", "s"]).user == "u"
     assert main(["--help"]) == 0
     assert "--no-start       fail instead of starting the daemon" in capsys.readouterr().out

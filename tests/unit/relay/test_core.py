@@ -62,7 +62,7 @@ def session_open(relay, client, client_id, window=2 << 20):
     relay.from_client(client, w.CHANNEL_OPEN, s(b"session") + u32(client_id) + u32(window) + u32(32768))
     num, payload = client.link.sent.pop()
     assert num == w.CHANNEL_OPEN_CONFIRMATION and payload[:4] == u32(client_id)
-    assert payload[8:] == u32(0) + u32(32768)  # no window until the session starts
+    assert payload[8:] == u32(0) + u32(r.RELAY_MAX_PACKET)  # no window until the session starts
     return struct.unpack(">L", payload[4:8])[0]
 
 
@@ -75,7 +75,7 @@ def open_session(relay, upstream, client, client_id, server_id, leg=None):
     relay_id = session_open(relay, client, client_id)
     request(relay, client, relay_id, b"shell")
     num, payload = upstream.pop()
-    assert (num, payload) == (w.CHANNEL_OPEN, s(b"session") + u32(relay_id) + u32(2 << 20) + u32(32768))
+    assert (num, payload) == (w.CHANNEL_OPEN, s(b"session") + u32(relay_id) + u32(2 << 20) + u32(r.RELAY_MAX_PACKET))
     relay.from_leg(leg or relay.leg, w.CHANNEL_OPEN_CONFIRMATION,
                    u32(relay_id) + u32(server_id) + u32(1 << 20) + u32(16384))
     assert upstream.pop() == (w.CHANNEL_REQUEST, u32(server_id) + s(b"shell") + b"\0")
@@ -187,10 +187,10 @@ def test_remote_forward_channels_go_to_the_client_that_asked(setup):
     extra = s(b"localhost") + u32(40001) + s(b"127.0.0.1") + u32(5555)
     relay.from_leg(relay.leg, w.CHANNEL_OPEN, s(b"forwarded-tcpip") + u32(77) + u32(1000) + u32(500) + extra)
     num, payload = a.link.sent[-1]
-    assert num == w.CHANNEL_OPEN and payload.endswith(u32(1000) + u32(500) + extra)
+    assert num == w.CHANNEL_OPEN and payload.endswith(u32(1000) + u32(r.RELAY_MAX_PACKET) + extra)
     rid = struct.unpack(">L", payload[19:23])[0]
     relay.from_client(a, w.CHANNEL_OPEN_CONFIRMATION, u32(rid) + u32(12) + u32(2000) + u32(600))
-    assert upstream[-1] == (w.CHANNEL_OPEN_CONFIRMATION, u32(77) + u32(rid) + u32(2000) + u32(600))
+    assert upstream[-1] == (w.CHANNEL_OPEN_CONFIRMATION, u32(77) + u32(rid) + u32(2000) + u32(r.RELAY_MAX_PACKET))
     relay.detach(a)  # the job stops listening for a client that is gone
     assert (w.GLOBAL_REQUEST, s(b"cancel-tcpip-forward") + b"\0" + s(b"localhost") + u32(40001)) in upstream
 
@@ -281,7 +281,7 @@ def test_a_session_refused_beside_others_moves_to_another_leg():
     assert harness.legs_wanted == 1 and leg1.capacity == 1  # the job's sshd allows 1 here
     second = []
     relay.add_leg(LegLink(second))
-    assert second[-1] == (w.CHANNEL_OPEN, s(b"session") + u32(rid) + u32(100) + u32(32768))
+    assert second[-1] == (w.CHANNEL_OPEN, s(b"session") + u32(rid) + u32(100) + u32(r.RELAY_MAX_PACKET))
 
 
 def test_a_burst_of_sessions_negotiates_legs_side_by_side():
@@ -406,7 +406,7 @@ def test_an_owners_second_forwarding_session_reuses_its_leg():
     _, leg, sent = forwarding_session(harness, a, 0, 100)
     rid = session_open(relay, a, 1)
     request(relay, a, rid, AGENT)
-    assert harness.wanted == [] and sent[-1] == (w.CHANNEL_OPEN, s(b"session") + u32(rid) + u32(2 << 20) + u32(32768))
+    assert harness.wanted == [] and sent[-1] == (w.CHANNEL_OPEN, s(b"session") + u32(rid) + u32(2 << 20) + u32(r.RELAY_MAX_PACKET))
 
 
 def test_the_owner_leaving_closes_its_leg_and_a_finished_session_too():
@@ -586,10 +586,10 @@ def test_the_relay_grants_at_most_its_channel_window(setup):
     client = relay.attach(Link())
     tcpip_open(relay, client, 64 << 20)
     num, payload = upstream.pop()
-    assert payload[WINDOW_AT.start:WINDOW_AT.stop + 4] == u32(st.CHANNEL_WINDOW) + u32(32768)  # not the client's 64 MiB
+    assert payload[WINDOW_AT.start:WINDOW_AT.stop + 4] == u32(st.CHANNEL_WINDOW) + u32(r.RELAY_MAX_PACKET)  # not the client's 64 MiB
     relay_id = struct.unpack(">L", payload[ID_AT])[0]
     relay.from_leg(relay.leg, w.CHANNEL_OPEN_CONFIRMATION, u32(relay_id) + u32(1) + u32(64 << 20) + u32(32768))
-    assert client.link.sent[-1][1][8:] == u32(st.CHANNEL_WINDOW) + u32(32768)
+    assert client.link.sent[-1][1][8:] == u32(st.CHANNEL_WINDOW) + u32(r.RELAY_MAX_PACKET)
 
 
 def test_a_job_that_ignores_the_window_is_dropped(setup):
