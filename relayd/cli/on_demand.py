@@ -16,7 +16,7 @@ from relayd.common.jobstates import RUNNING
 from relayd.condor.lookup import Ad
 from relayd.condor.names import JobName, parse_profile_host
 from relayd.condor.profiles import IDLE_SINCE_ATTR, LINGER_ATTR, PROFILE_ATTR
-from relayd.condor.submit import make_submitter
+from relayd.condor.sources import make_submitter
 from relayd.config import Config
 
 _STATES = {1: "idle", 2: "running", 5: "held"}

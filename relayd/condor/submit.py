@@ -23,7 +23,6 @@ from relayd.condor.profiles import (
     SUBMIT_METHOD,
     marks_constraint,
 )
-from relayd.config import Config, ScheddConfig
 
 ATTRIBUTES = [
     "ClusterId", "ProcId", "JobStatus", "Owner", "HoldReason", "EnteredCurrentStatus", "QDate", "RemoteHost",
@@ -49,18 +48,6 @@ class JobSubmitter(Protocol):
 
     def never_matches(self, job: JobName) -> str | None:
         """Why no slot of the pool could ever run this idle job (the clause), or None."""
-
-
-def make_submitter(config: Config, schedd: ScheddConfig) -> JobSubmitter | None:
-    """The submitter `job_lookup` names for a schedd, or None when lookups are off."""
-    if config.job_lookup == "sandbox":
-        from relayd.sandbox.submitter import SandboxSubmitter  # the stand-in pool, for demos and tests
-
-        assert config.sandbox_pool is not None
-        return SandboxSubmitter(config.sandbox_pool, schedd.name)
-    if config.job_lookup == "htcondor":
-        return HTCondorSubmitter(schedd.name, schedd.pool)
-    return None
 
 
 def job_spec(jobs: Iterable[JobName]) -> list[str]:

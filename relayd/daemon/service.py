@@ -20,7 +20,8 @@ from relayd.condor.lookup import JobSource, find, left_running
 from relayd.condor.names import JobName, parse_direct, parse_host, parse_profile_host
 from relayd.condor.negotiate import Captures, Credentials
 from relayd.condor.reach import LegRequest, Progress, Reacher
-from relayd.condor.submit import JobSubmitter, make_submitter
+from relayd.condor.sources import make_submitter
+from relayd.condor.submit import JobSubmitter
 from relayd.config import Config
 from relayd.daemon import direct
 from relayd.daemon.control import ControlFactory
