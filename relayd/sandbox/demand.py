@@ -91,8 +91,9 @@ def schedd_cycle(pool_dir: PathArg, now: float | None = None) -> None:
     """One round of what the negotiator, schedd and shadows do on their own (see above)."""
     layout = PoolLayout(pool_dir)
     now = time.time() if now is None else now
-    settings = PoolSettings.from_mapping(layout.read_table()["pool"])
-    if not any(_due(ad, settings, now) for ad in layout.read_table()["jobs"]):
+    table = layout.read_table()
+    settings = PoolSettings.from_mapping(table["pool"])
+    if not any(_due(ad, settings, now) for ad in table["jobs"]):
         return  # nothing to change: no write, no lock
     with _open_queue(layout) as queue:
         for ad in queue.jobs:
