@@ -227,11 +227,3 @@ def _invalid_yaml(path: Path, exc: Exception) -> ConfigError:
     line = f":{mark.line + 1}" if mark else ""
     problem = "nested too deeply" if isinstance(exc, RecursionError) else getattr(exc, "problem", None) or exc
     return ConfigError(f"{path}{line}: not valid YAML ({str(problem).splitlines()[0]})")
-
-
-def load_config(path: Path) -> Config:
-    """The user's config file over the site's (relayd.siteconfig), key by key; a missing
-    file means defaults."""
-    from relayd.siteconfig import load_merged  # noqa: PLC0415 (it imports this module)
-
-    return load_merged(path).config

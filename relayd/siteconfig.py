@@ -106,3 +106,8 @@ def load_merged(user_path: Path | None) -> Merged:
             raise ConfigError(f"{exc} ({SITE_FAULT})") from None
     user = read_layer(user_path) if user_path is not None else Layer(site_path or SITE_CONFIG, {}, {})
     return merge(site, user)
+
+
+def load_config(path: Path) -> Config:
+    """The user's config file over the site's, key by key; a missing file means defaults."""
+    return load_merged(path).config

@@ -9,7 +9,7 @@ import subprocess
 from dataclasses import fields
 from pathlib import Path
 
-from relayd.cli.doctor import Finding, _fail, _ok, _warn
+from relayd.cli.findings import Finding, fail, ok, warn
 from relayd.common.paths import Paths
 from relayd.config import Config, ConfigError
 from relayd.siteconfig import DEFAULT, SITE_FAULT, load_merged, site_config_path
@@ -26,13 +26,13 @@ def check_config_sources(paths: Paths) -> tuple[Config, list[Finding]]:
     except ConfigError as exc:
         fix = ("the administrator corrects it; meanwhile CONDOR_RELAY_SITE_CONFIG=none skips it"
                if SITE_FAULT in str(exc) else "correct the file; relayd will not start until then")
-        return Config(), [_fail("config", str(exc), fix)]
+        return Config(), [fail("config", str(exc), fix)]
     site = site_config_path()
     files = [f"{p} ({'valid' if p.exists() else 'absent'})" for p in (paths.config_file, site) if p is not None]
-    findings = [_ok("config", " over ".join(files))]
+    findings = [ok("config", " over ".join(files))]
     for name in sorted(merged.origins):
         origin = _origin(merged.origins[name], site)
-        findings.append(_ok("config", f"{name} = {_value(merged.config, name)} ({origin})"))
+        findings.append(ok("config", f"{name} = {_value(merged.config, name)} ({origin})"))
     return merged.config, findings
 
 
@@ -86,17 +86,17 @@ def check_system_block(paths: Paths, in_use: str | None) -> list[Finding]:
     from clientconf import dropin
 
     if in_use == SYSTEM_BLOCK:
-        findings = [_ok("ssh-config", f"ssh uses the system-wide block ({dropin.DROPIN}, installed by the "
+        findings = [ok("ssh-config", f"ssh uses the system-wide block ({dropin.DROPIN}, installed by the "
                                       "administrator); 'relayd ssh-config install' would put yours before it")]
         pinned = Path(os.path.expanduser(dropin.KNOWN_HOSTS))
         if pinned != paths.known_hosts:
-            findings.append(_warn("ssh-config", f"the system-wide block reads the relay's pin from {pinned}, "
+            findings.append(warn("ssh-config", f"the system-wide block reads the relay's pin from {pinned}, "
                                                 f"but your state dir keeps it in {paths.known_hosts}",
                                   "relayd ssh-config install (your own block names your files)"))
         return findings
     if in_use == USER_BLOCK:
         before = f" (it comes before the system-wide {dropin.DROPIN})" if dropin.DROPIN.exists() else ""
-        return [_ok("ssh-config", f"ssh uses your own block{before}")]
+        return [ok("ssh-config", f"ssh uses your own block{before}")]
     return []
 
 

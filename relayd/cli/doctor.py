@@ -11,10 +11,10 @@ import re
 import stat
 import subprocess
 import threading
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Iterator
 
+from relayd.cli.findings import Finding, fail, ok, warn
 from relayd.common.errors import DaemonError, JobUnreachable, NotRunning
 from relayd.common.paths import Paths, unsafe_dir
 from relayd.config import Config
@@ -23,47 +23,27 @@ MIN_OPENSSH = (6, 5)  # ProxyUseFdpass
 LOOKUP_TIMEOUT_SECONDS = 15.0
 
 
-@dataclass(frozen=True)
-class Finding:
-    level: str  # "ok", "warn" or "FAIL"
-    topic: str
-    text: str
-    fix: str | None = None
-
-
-def _ok(topic: str, text: str) -> Finding:
-    return Finding("ok", topic, text)
-
-
-def _warn(topic: str, text: str, fix: str) -> Finding:
-    return Finding("warn", topic, text, fix)
-
-
-def _fail(topic: str, text: str, fix: str) -> Finding:
-    return Finding("FAIL", topic, text, fix)
-
-
 def check_ssh_client() -> Iterator[Finding]:
     try:
         done = subprocess.run(["ssh", "-V"], capture_output=True, text=True, timeout=10)
     except (OSError, subprocess.TimeoutExpired) as exc:
-        yield _fail("ssh", f"cannot run ssh ({exc})", "install the OpenSSH client (Debian: openssh-client)")
+        yield fail("ssh", f"cannot run ssh ({exc})", "install the OpenSSH client (Debian: openssh-client)")
         return
     banner = (done.stderr or done.stdout).strip()
     match = re.search(r"OpenSSH_(\d+)\.(\d+)", banner)
     if not match:
-        yield _warn("ssh", f"not OpenSSH ({banner!r})", "the generated config is written for OpenSSH")
+        yield warn("ssh", f"not OpenSSH ({banner!r})", "the generated config is written for OpenSSH")
         return
     version = (int(match[1]), int(match[2]))
     if version < MIN_OPENSSH:
-        yield _fail("ssh", f"{banner}: too old for ProxyUseFdpass", "use OpenSSH 6.5 or newer")
+        yield fail("ssh", f"{banner}: too old for ProxyUseFdpass", "use OpenSSH 6.5 or newer")
         return
     probe = subprocess.run(["ssh", "-F", os.devnull, "-o", "ProxyUseFdpass=yes", "-G", "probe.invalid"],
                            capture_output=True, text=True, timeout=10)
     if probe.returncode != 0 or "proxyusefdpass yes" not in probe.stdout:
-        yield _fail("ssh", f"{banner} does not accept ProxyUseFdpass", "use an OpenSSH client built with fd passing")
+        yield fail("ssh", f"{banner} does not accept ProxyUseFdpass", "use an OpenSSH client built with fd passing")
     else:
-        yield _ok("ssh", f"{banner}, ProxyUseFdpass supported")
+        yield ok("ssh", f"{banner}, ProxyUseFdpass supported")
 
 
 def check_ssh_config(ssh_config: Path, expected_block: str, domain: str, socket_path: str) -> Iterator[Finding]:
@@ -77,21 +57,21 @@ def check_ssh_config(ssh_config: Path, expected_block: str, domain: str, socket_
         text = ""
     start, end = text.find(BEGIN), text.find(END)
     if start < 0 or end < 0:
-        yield _warn("ssh-config", f"{ssh_config} has no condor-relay block", install)
+        yield warn("ssh-config", f"{ssh_config} has no condor-relay block", install)
         return
     if text[start : end + len(END)] + "\n" != expected_block:
         stale = f"the condor-relay block in {ssh_config} is stale (differs from what relayd generates now)"
-        yield _warn("ssh-config", stale, install)
+        yield warn("ssh-config", stale, install)
     else:
-        yield _ok("ssh-config", f"{ssh_config} has the current condor-relay block")
+        yield ok("ssh-config", f"{ssh_config} has the current condor-relay block")
     probe = subprocess.run(["ssh", "-F", str(ssh_config), "-G", f"job-1.0.{domain}"], capture_output=True, text=True,
                            timeout=10)
     proxy = next((line[len("proxycommand "):] for line in probe.stdout.splitlines()
                   if line.startswith("proxycommand ")), "")
     if probe.returncode != 0:
-        yield _fail("ssh-config", f"ssh cannot read {ssh_config}: {probe.stderr.strip()}", f"correct {ssh_config}")
+        yield fail("ssh-config", f"ssh cannot read {ssh_config}: {probe.stderr.strip()}", f"correct {ssh_config}")
     elif "connect" not in proxy or socket_path not in proxy:
-        yield _warn("ssh-config", f"for job-1.0.{domain} ssh uses another ProxyCommand ({proxy or 'none'})",
+        yield warn("ssh-config", f"for job-1.0.{domain} ssh uses another ProxyCommand ({proxy or 'none'})",
                     f"move the condor-relay block to the top of {ssh_config} ({install})")
 
 
@@ -104,14 +84,14 @@ def check_negotiator(config: Config) -> Iterator[Finding]:
 
     tool = config.negotiator_path()
     if tool is None:
-        yield _fail("condor_ssh_to_job", f"{config.condor_ssh_to_job!r} not found on PATH",
+        yield fail("condor_ssh_to_job", f"{config.condor_ssh_to_job!r} not found on PATH",
                     "install HTCondor's tools, or set condor_ssh_to_job in the config")
     else:
-        yield _ok("condor_ssh_to_job", tool)
+        yield ok("condor_ssh_to_job", tool)
     try:
-        yield _ok("capture hook", hook_path())
+        yield ok("capture hook", hook_path())
     except JobUnreachable as exc:
-        yield _fail("capture hook", str(exc), "reinstall condor-relay")
+        yield fail("capture hook", str(exc), "reinstall condor-relay")
 
 
 def _with_timeout(call: Callable[[], object], seconds: float) -> object:
@@ -141,7 +121,7 @@ def check_job_lookup(config: Config) -> Iterator[Finding]:
     from relayd.condor.sources import make_source
 
     if config.job_lookup == "none":
-        yield _ok("job lookup", "job_lookup: none (condor_ssh_to_job's own messages only)")
+        yield ok("job lookup", "job_lookup: none (condor_ssh_to_job's own messages only)")
         return
     fix = ("check that the schedd runs and this host may query it (condor_q), or set job_lookup: none"
            if config.job_lookup == "htcondor" else "check sandbox_pool in the config")
@@ -150,12 +130,12 @@ def check_job_lookup(config: Config) -> Iterator[Finding]:
         assert source is not None
         _with_timeout(lambda: source.query([JobName(cluster=0)]), LOOKUP_TIMEOUT_SECONDS)
     except ImportError as exc:
-        yield _fail("job lookup", f"the htcondor bindings are not installed ({exc})",
+        yield fail("job lookup", f"the htcondor bindings are not installed ({exc})",
                     "pip install htcondor next to relayd, or set job_lookup: none")
     except Exception as exc:
-        yield _fail("job lookup", f"job_lookup: {config.job_lookup}: {exc}", fix)
+        yield fail("job lookup", f"job_lookup: {config.job_lookup}: {exc}", fix)
     else:
-        yield _ok("job lookup", f"job_lookup: {config.job_lookup} answers")
+        yield ok("job lookup", f"job_lookup: {config.job_lookup} answers")
 
 
 def _mode_finding(topic: str, path: Path, mode: int, fix: str) -> Finding | None:
@@ -164,23 +144,23 @@ def _mode_finding(topic: str, path: Path, mode: int, fix: str) -> Finding | None
     except FileNotFoundError:
         return None
     if info.st_uid != os.getuid():
-        return _fail(topic, f"{path} belongs to uid {info.st_uid}, not to you", f"remove it ({fix})")
+        return fail(topic, f"{path} belongs to uid {info.st_uid}, not to you", f"remove it ({fix})")
     if stat.S_IMODE(info.st_mode) & ~mode:
-        return _fail(topic, f"{path} has mode {stat.S_IMODE(info.st_mode):o}, not {mode:o}", f"chmod {mode:o} {path}")
-    return _ok(topic, f"{path} ({mode:o})")
+        return fail(topic, f"{path} has mode {stat.S_IMODE(info.st_mode):o}, not {mode:o}", f"chmod {mode:o} {path}")
+    return ok(topic, f"{path} ({mode:o})")
 
 
 def check_runtime_dir(paths: Paths) -> Finding:
     """Whether another user could replace the socket's directory, and why the fallback is used."""
     if paths.runtime_fallback:
-        return _warn("runtime dir", paths.runtime_fallback,
+        return warn("runtime dir", paths.runtime_fallback,
                      "point XDG_RUNTIME_DIR at a directory only you (and root) can change, e.g. /run/user/<uid>; "
                      "run `relayd ssh-config install` again after changing it")
     why = unsafe_dir(str(paths.runtime_dir))
     if why is not None:
-        return _fail("runtime dir", f"{paths.runtime_dir} is not safe ({why})",
+        return fail("runtime dir", f"{paths.runtime_dir} is not safe ({why})",
                      "use a socket in a directory only you (and root) can change")
-    return _ok("runtime dir", f"{paths.runtime_dir}: no other user can replace it")
+    return ok("runtime dir", f"{paths.runtime_dir}: no other user can replace it")
 
 
 def check_permissions(paths: Paths, domain: str) -> Iterator[Finding]:
@@ -203,10 +183,10 @@ def check_permissions(paths: Paths, domain: str) -> Iterator[Finding]:
         try:
             public = keys.Key.fromFile(str(paths.host_key)).public()
         except Exception as exc:
-            yield _fail("host key", f"{paths.host_key} cannot be read ({exc})", f"remove {paths.host_key}; {restart}")
+            yield fail("host key", f"{paths.host_key} cannot be read ({exc})", f"remove {paths.host_key}; {restart}")
             return
         if paths.known_hosts.read_text() != pin_line(public, domain):
-            yield _warn("known_hosts", f"{paths.known_hosts} does not pin the current host key",
+            yield warn("known_hosts", f"{paths.known_hosts} does not pin the current host key",
                         "start relayd once (it rewrites the file)")
 
 
@@ -217,10 +197,10 @@ def check_daemon(socket_path: str) -> Finding:
     try:
         document = status(socket_path)
     except NotRunning:
-        return _ok("daemon", "not running; the next ssh to a job starts it")
+        return ok("daemon", "not running; the next ssh to a job starts it")
     except DaemonError as exc:
-        return _fail("daemon", str(exc), "relayd stop, then let the next ssh start it")
-    return _ok("daemon", f"running, pid {document.get('pid')}, up {duration(float(document.get('uptime', 0)))}, "
+        return fail("daemon", str(exc), "relayd stop, then let the next ssh start it")
+    return ok("daemon", f"running, pid {document.get('pid')}, up {duration(float(document.get('uptime', 0)))}, "
                          f"{len(document.get('upstreams', []))} upstream(s)")
 
 

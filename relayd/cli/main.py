@@ -32,7 +32,7 @@ def cmd_run(args: argparse.Namespace) -> int:
 
 def _load_config(paths: Paths) -> Config:
     """The config, or exit 2 with the message naming file, line and key."""
-    from relayd.config import load_config
+    from relayd.siteconfig import load_config
 
     try:
         return load_config(paths.config_file)

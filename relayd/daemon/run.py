@@ -17,8 +17,8 @@ from twisted.logger import Logger
 
 from relayd.common.errors import ActivationError, AlreadyRunning, ConfigError, UnusablePath
 from relayd.common.paths import Paths
-from relayd.config import load_config
 from relayd.daemon.activation import systemd_socket
+from relayd.siteconfig import load_config
 
 SHUTDOWN_GRACE_SECONDS = 3.0  # for disconnect messages to reach the clients
 log = Logger()

@@ -44,7 +44,8 @@ def serve(message: str) -> int:
     from twisted.internet import reactor
 
     from relayd.common.paths import default_paths, private_dir
-    from relayd.config import Config, load_config
+    from relayd.config import Config
+    from relayd.siteconfig import load_config
     from relayd.ssh.client_transport import ClientTransportFactory
     from relayd.ssh.relay_key import load_or_create
 
