@@ -9,11 +9,10 @@ those are retried for `running_grace` seconds before they are reported.
 from __future__ import annotations
 
 import getpass
-import time
 from dataclasses import dataclass
 from typing import Callable
 
-from twisted.internet import task, threads
+from twisted.internet import defer, task, threads
 
 from relayd.common.errors import JobUnreachable, NegotiationFailed
 from relayd.common.humanize import duration
@@ -43,8 +42,10 @@ class LegRequest:
 
 
 class Reacher:
-    def __init__(self, reactor, config: Config, paths: Paths, captures: Captures) -> None:  # type: ignore[no-untyped-def]
+    def __init__(self, reactor, config: Config, paths: Paths, captures: Captures,  # type: ignore[no-untyped-def]
+                 run_blocking: Callable[..., defer.Deferred] = threads.deferToThread) -> None:
         self._reactor = reactor
+        self._run_blocking = run_blocking  # a lookup blocks: in a thread
         self._config = config
         self._paths = paths
         self._captures = captures
@@ -76,12 +77,12 @@ class Reacher:
         return await self._negotiate(job, schedd, progress, ad, grace=source is not None and first), ad
 
     async def _query(self, source: JobSource, job: JobName) -> Ad | None:
-        return find(await threads.deferToThread(source.query, [job]), job)
+        return find(await self._run_blocking(source.query, [job]), job)
 
     async def _until_reachable(self, source: JobSource, request: LegRequest, progress: Progress) -> Ad | None:
         """The job's ad once it runs; waits while it is idle if the request allows."""
         job = request.job
-        started = time.monotonic()
+        started = self._reactor.seconds()
         interval = min(5.0, self._config.watch_interval)
         reported: float | None = None
         while True:
@@ -91,7 +92,7 @@ class Reacher:
                 raise JobUnreachable(verdict.message)
             if verdict.action is not Action.WAIT:
                 return ad
-            waited = time.monotonic() - started
+            waited = self._reactor.seconds() - started
             if waited >= request.wait and request.wait:
                 raise JobUnreachable(f"job {job.cluster}.{job.proc} is still idle after waiting {duration(waited)}")
             if waited >= request.wait:
@@ -113,7 +114,7 @@ class Reacher:
             )
         negotiator = Negotiator(self._reactor, tool, self._captures, str(self._paths.socket),
                                 self._config.negotiation_timeout)
-        started = time.monotonic()
+        started = self._reactor.seconds()
         progress(f"negotiating with job {job.job_id} through condor_ssh_to_job")
         reported: float | None = None
         while True:
@@ -121,7 +122,7 @@ class Reacher:
             try:
                 return await negotiator.negotiate(job, schedd)
             except NegotiationFailed as exc:
-                waited = time.monotonic() - started
+                waited = self._reactor.seconds() - started
                 if not (grace and exc.retryable and waited < self._config.running_grace):
                     raise _with_owner(exc, ad) from None
                 if reported is None or waited - reported >= WAIT_REPORT_INTERVAL:

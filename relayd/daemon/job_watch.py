@@ -28,8 +28,10 @@ class JobWatcher:
         interval: float,
         sessions: Callable[[], Iterable[JobSession]],
         source: Callable[[str | None], JobSource | None],
+        run_blocking: Callable[..., defer.Deferred] = threads.deferToThread,
     ) -> None:
         self._interval = interval
+        self._run_blocking = run_blocking  # a lookup blocks: in a thread
         self._sessions = sessions
         self._source = source
         self._loop = task.LoopingCall(lambda: defer.ensureDeferred(self._check()))
@@ -59,7 +61,7 @@ class JobWatcher:
             if source is None:
                 continue
             try:
-                ads = await threads.deferToThread(source.query, [s.job for s in sessions])
+                ads = await self._run_blocking(source.query, [s.job for s in sessions])
             except LookupFailed as exc:
                 log.warn("cannot check job states on schedd {label}: {exc}", label=label or "(default)", exc=exc)
                 continue
