@@ -32,6 +32,21 @@ RETRY_INTERVAL = 2.0  # between retries of a job that is starting up
 WAIT_REPORT_INTERVAL = 30.0
 
 
+class ReportPacer:
+    """Lets a repeated progress report through at once and then at most every `interval`
+    seconds: each report is a line on the user's terminal."""
+
+    def __init__(self, interval: float) -> None:
+        self._interval = interval
+        self._last: float | None = None
+
+    def due(self, now: float) -> bool:
+        if self._last is not None and now - self._last < self._interval:
+            return False
+        self._last = now
+        return True
+
+
 @dataclass(frozen=True)
 class LegRequest:
     """What one client asked for."""
@@ -84,7 +99,7 @@ class Reacher:
         job = request.job
         started = self._reactor.seconds()
         interval = min(5.0, self._config.watch_interval)
-        reported: float | None = None
+        pacer = ReportPacer(WAIT_REPORT_INTERVAL)
         while True:
             ad = await self._query(source, job)
             verdict = assess(job, ad)
@@ -98,8 +113,7 @@ class Reacher:
             if waited >= request.wait:
                 raise JobUnreachable(f"{verdict.message}; it can be reached once it runs (to wait for it: "
                                         "CONDOR_RELAY_WAIT=<seconds> ssh ..., or wait_for_running in the config)")
-            if reported is None or waited - reported >= WAIT_REPORT_INTERVAL:
-                reported = waited
+            if pacer.due(waited):
                 progress(f"job {job.cluster}.{job.proc} is idle, waiting: {duration(waited)} of "
                          f"{duration(request.wait)}")
             await task.deferLater(self._reactor, min(interval, request.wait - waited), lambda: None)
@@ -116,7 +130,7 @@ class Reacher:
                                 self._config.negotiation_timeout)
         started = self._reactor.seconds()
         progress(f"negotiating with job {job.job_id} through condor_ssh_to_job")
-        reported: float | None = None
+        pacer = ReportPacer(WAIT_REPORT_INTERVAL)
         while True:
             self.negotiations += 1
             try:
@@ -125,8 +139,7 @@ class Reacher:
                 waited = self._reactor.seconds() - started
                 if not (grace and exc.retryable and waited < self._config.running_grace):
                     raise _with_owner(exc, ad) from None
-                if reported is None or waited - reported >= WAIT_REPORT_INTERVAL:
-                    reported = waited
+                if pacer.due(waited):
                     progress(f"job {job.job_id} is starting up; condor_ssh_to_job refuses it for now, retrying "
                              f"for up to {duration(self._config.running_grace)}")
                 await task.deferLater(self._reactor, RETRY_INTERVAL, lambda: None)

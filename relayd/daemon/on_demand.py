@@ -24,7 +24,7 @@ from relayd.common.jobstates import HELD, IDLE, RUNNING
 from relayd.condor.lookup import Ad, assess, find
 from relayd.condor.names import JobName, ProfileName
 from relayd.condor.profiles import HEARTBEAT_ATTR, IDLE_SINCE_ATTR, PROFILE_ATTR, Profile, submit_description
-from relayd.condor.reach import Progress
+from relayd.condor.reach import Progress, ReportPacer
 from relayd.condor.submit import JobSubmitter
 from relayd.config import Config
 from relayd.daemon.job_session import JobSession
@@ -32,7 +32,7 @@ from relayd.daemon.job_session import JobSession
 log = Logger()
 
 TICK = 1.0  # how often linger clocks are checked (in memory) and heartbeats fall due
-WAIT_REPORT_INTERVAL = 10.0  # a waiting client is told how long it has waited this often
+QUEUE_REPORT_INTERVAL = 10.0  # a client waiting for a slot is told how long, and why, this often
 Key = tuple[str, "str | None"]  # (profile, schedd label)
 T = TypeVar("T")
 
@@ -173,7 +173,7 @@ class OnDemand:
         profile = key[0]
         news = f"submitted a job of profile {profile} as {job.job_id}; " if submitted else ""
         poll = min(2.0, self.config.watch_interval)
-        reported: float | None = None
+        pacer = ReportPacer(QUEUE_REPORT_INTERVAL)
         checked: str | None = None  # the match reason the last never-match check saw
         while True:
             ad = find(await self._blocking(submitter.find, profile), job)
@@ -195,8 +195,7 @@ class OnDemand:
                 if why:
                     await self._give_up(key, job, submitter, f"no slot in the pool can run profile {profile}: {why}")
             waited = time.time() - ad.get("QDate", time.time())
-            if reported is None or waited - reported >= WAIT_REPORT_INTERVAL:
-                reported = waited
+            if pacer.due(waited):
                 because = f" ({match_reason})" if match_reason else ""
                 progress(f"{news}job {job.job_id} is idle for {duration(waited)}{because}, waiting for a slot")
                 news = ""
