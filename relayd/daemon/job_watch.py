@@ -3,7 +3,8 @@
 A live sshd keeps the slot Claimed/Busy after the job exits. Every `watch_interval` the
 watcher asks each schedd once for all of its jobs that have sessions, and closes the
 sessions of jobs that left Running, telling their clients why. It runs only while there
-are sessions, so an idle daemon does nothing.
+are sessions, so an idle daemon does nothing. It also answers why a job's connection ended on
+its own (`why_lost`), which a vacate, hold or remove causes before the next poll.
 """
 
 from __future__ import annotations
@@ -16,9 +17,14 @@ from twisted.logger import Logger
 
 from relayd.common.errors import LookupFailed
 from relayd.condor.lookup import JobSource, find, left_running
+from relayd.condor.names import JobName
 from relayd.daemon.job_session import JobSession
 
 log = Logger()
+
+# When a job's connection ends on its own, the schedd is asked why after these pauses
+# (seconds) until it says the job left Running: about 4 s in all.
+LOSS_CHECK_DELAYS = (0.0, 0.5, 1.0, 2.5)
 
 
 class JobWatcher:
@@ -34,6 +40,7 @@ class JobWatcher:
         self._run_blocking = run_blocking  # a lookup blocks: in a thread
         self._sessions = sessions
         self._source = source
+        self._reactor = reactor
         self._loop = task.LoopingCall(lambda: defer.ensureDeferred(self._check()))
         self._loop.clock = reactor
 
@@ -70,3 +77,20 @@ class JobWatcher:
                 if reason is not None and not session.closed:
                     log.info("{reason}", reason=reason)
                     session.close(reason)
+
+    async def why_lost(self, job: JobName) -> str | None:
+        """Why a job's connection ended, if the schedd says it left Running: asked at once and
+        a few times more, as the schedd may learn of an eviction after the sshd is gone."""
+        source = self._source(job.label)
+        if source is None:
+            return None
+        for delay in LOSS_CHECK_DELAYS:
+            await task.deferLater(self._reactor, delay)
+            try:
+                ads = await self._run_blocking(source.query, [job])
+            except LookupFailed:
+                return None
+            reason = left_running(job, find(ads, job))
+            if reason is not None:
+                return reason
+        return None

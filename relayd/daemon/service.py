@@ -9,14 +9,13 @@ import time
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Callable
 
-from twisted.internet import defer, threads
-from twisted.internet.task import deferLater
+from twisted.internet import defer
 from twisted.logger import Logger
 
-from relayd.common.errors import AlreadyRunning, JobUnreachable, LookupFailed
+from relayd.common.errors import AlreadyRunning, JobUnreachable
 from relayd.common.paths import Paths, private_dir
 from relayd.common.protocol import Connect
-from relayd.condor.lookup import JobSource, find, left_running
+from relayd.condor.lookup import JobSource
 from relayd.condor.names import JobName, parse_direct, parse_host, parse_profile_host
 from relayd.condor.negotiate import Captures, Credentials
 from relayd.condor.reach import LegRequest, Progress, Reacher
@@ -38,10 +37,6 @@ if TYPE_CHECKING:
     from relayd.daemon.control import ControlConnection
 
 log = Logger()
-
-# When a job's connection ends on its own, the schedd is asked why after these pauses
-# (seconds) until it says the job left Running: about 4 s in all.
-LOSS_CHECK_DELAYS = (0.0, 0.5, 1.0, 2.5)
 
 
 def _private_dir(path: Path) -> None:
@@ -199,7 +194,8 @@ class RelayDaemon:
         if session is None:
             session = self.jobs[job] = JobSession(
                 job, lambda progress, first: self._open_leg(session, reach, progress, first), self.reactor,
-                self.config.idle_timeout, self._session_closed, explain_loss=self._why_lost,
+                self.config.idle_timeout, self._session_closed,
+                explain_loss=lambda job: self.watcher.why_lost(job),  # the watcher of the day (SIGHUP replaces it)
             )
             session.start()
         await session.wait_ready(progress)
@@ -238,23 +234,6 @@ class RelayDaemon:
         if not isinstance(credentials.host_key, NegotiatedKey):
             session.ec2_user = credentials.user
         return credentials
-
-    async def _why_lost(self, job: JobName) -> str | None:
-        """Why a job's connection ended, if the schedd says it left Running: asked at once and
-        a few times more, as the schedd may learn of an eviction after the sshd is gone."""
-        source = self._watch_source(job.label)
-        if source is None:
-            return None
-        for delay in LOSS_CHECK_DELAYS:
-            await deferLater(self.reactor, delay)
-            try:
-                ads = await threads.deferToThread(source.query, [job])
-            except LookupFailed:
-                return None
-            reason = left_running(job, find(ads, job))
-            if reason is not None:
-                return reason
-        return None
 
     def _submitter(self, label: str | None) -> JobSubmitter | None:
         return make_submitter(self.config, self.reacher.schedd(label))

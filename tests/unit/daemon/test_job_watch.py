@@ -66,3 +66,18 @@ def test_an_evicted_job_says_so():
     clock.advance(INTERVAL)
     assert session.reason == "job 3.0 was evicted or vacated and is idle again; connection closed"
 
+
+
+def test_why_lost_asks_until_the_schedd_knows_and_gives_up_on_a_job_still_running():
+    clock = task.Clock()
+    source = Source(**{"4.0": {"JobStatus": RUNNING}, "5.0": {"JobStatus": RUNNING}})
+    watcher = JobWatcher(clock, INTERVAL, lambda: [], lambda label: source, run_blocking=in_line)
+    held, running = defer.ensureDeferred(watcher.why_lost(JobName(4, 0))), defer.ensureDeferred(
+        watcher.why_lost(JobName(5, 0)))
+    clock.advance(0)
+    clock.advance(0.5)  # the schedd learns of the hold a moment after the sshd died
+    source.ads["4.0"] = {"JobStatus": HELD, "HoldReason": "policy"}
+    for _ in range(10):
+        clock.advance(0.5)
+    assert held.result == "job 4.0 is held: policy; connection closed"
+    assert running.result is None  # still Running: "connection lost" is all there is to say
