@@ -66,6 +66,9 @@ RELAY_MUX = "relay behind ssh's ControlMaster (ssh_multiplexing: true)"
 CONTROLMASTER = "OpenSSH ControlMaster"
 FRESH_SSHD = "OpenSSH, fresh sshd -i"
 DIRECT = "direct OpenSSH"
+# The same sshd on a loopback TCP socket, as the starter runs the job's sshd: the relay's
+# upstream leg and the direct path reach it that way; DIRECT's pipes cost less per byte.
+DIRECT_TCP = "direct OpenSSH, sshd on TCP"
 DIRECT_PATH = "relayd direct path (job-N.M.direct.condor)"
 TOOL = "condor_ssh_to_job JOB true"
 NEGOTIATION_ONLY = "negotiation only (-ssh true)"
@@ -82,6 +85,11 @@ TARGETS = [
     Target("rsync of 1000 small files within 1.2x direct OpenSSH", "rsync", RELAY, DIRECT, 1.2, False),
     Target("1 GiB upload, direct path >= 0.95x direct OpenSSH", "upload", DIRECT_PATH, DIRECT, 0.95, True),
     Target("1 GiB download, direct path >= 0.95x direct OpenSSH", "download", DIRECT_PATH, DIRECT, 0.95, True),
+    Target("1 GiB upload >= 0.8x direct OpenSSH, sshd on TCP", "upload", RELAY, DIRECT_TCP, 0.8, True),
+    Target("1 GiB download >= 0.8x direct OpenSSH, sshd on TCP", "download", RELAY, DIRECT_TCP, 0.8, True),
+    Target("rsync within 1.2x direct OpenSSH, sshd on TCP", "rsync", RELAY, DIRECT_TCP, 1.2, False),
+    Target("direct path upload >= 0.95x direct OpenSSH, sshd on TCP", "upload", DIRECT_PATH, DIRECT_TCP, 0.95, True),
+    Target("direct path download >= 0.95x direct OpenSSH, sshd on TCP", "download", DIRECT_PATH, DIRECT_TCP, 0.95, True),
     Target("idle daemon RSS < 60 MiB", "rss", IDLE_RSS, None, 60, False),
     Target("< 200 KiB per idle client connection", "rss_per_client", PER_CLIENT, None, 200, False),
     Target("no CPU when idle (30 s)", "idle_cpu", IDLE_CPU, None, 0.01, False),

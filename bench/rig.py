@@ -6,6 +6,8 @@
 - `direct`: OpenSSH to an sshd equivalent to the job's -- the same binary, sshd_config,
   key and forced command the sandbox starter sets up -- run as `sshd -i` by ProxyCommand
   for each connection, as the job user; `direct-cm` is the same through ControlMaster;
+- `direct-tcp`: the same sshd through ControlMaster, but on a loopback TCP socket, as the
+  starter runs the job's sshd (`bench/sshd_on_tcp.py`);
 - `condor_ssh_to_job`: the negotiator itself, once per call, asking the starter for the
   same key type as relayd does (its `keygen_options`), so both pay the same key generation.
 """
@@ -17,6 +19,7 @@ import shlex
 import shutil
 import signal
 import subprocess
+import sys
 import tempfile
 import time
 from pathlib import Path
@@ -98,12 +101,20 @@ class Rig:
             sshd = ["setpriv", f"--reuid={user.uid}", f"--regid={user.gid}", "--init-groups", *sshd]
         # ssh runs ProxyCommand with `exec`; env -C gives sshd the job's sandbox as cwd, as the starter does.
         proxy = f"{shlex.join(['env', '-C', str(scratch), *sshd])} 2>>{shlex.quote(str(setup.sshd_dir / 'sshd.log'))}"
+        on_tcp = shlex.join([sys.executable, "-m", "bench.sshd_on_tcp", "env", "-C", str(scratch), *sshd])
         self.direct_config.write_text(
             "Host direct-cm\n"
             "    ControlMaster auto\n"
             f"    ControlPath {self.root}/cm.sock\n"
             "    ControlPersist 600\n"
-            "Host direct direct-cm\n"
+            "Host direct-tcp\n"
+            "    ControlMaster auto\n"
+            f"    ControlPath {self.root}/cm-tcp.sock\n"
+            "    ControlPersist 600\n"
+            f"    ProxyCommand env -C {shlex.quote(str(Path(__file__).parent.parent))} {on_tcp} "
+            f"2>>{shlex.quote(str(setup.sshd_dir / 'sshd.log'))}\n"
+            "    ProxyUseFdpass yes\n"
+            "Host direct direct-cm direct-tcp\n"
             f"    ProxyCommand {proxy}\n"
             f"    User {setup.remote_user}\n"
             f"    IdentityFile {key}\n"
@@ -116,7 +127,8 @@ class Rig:
         )
 
     def close(self) -> None:
-        subprocess.run(self.ssh("direct-cm", "-O", "exit"), env=self.env, capture_output=True)
+        for master in ("direct-cm", "direct-tcp"):
+            subprocess.run(self.ssh(master, "-O", "exit"), env=self.env, capture_output=True)
         self.close_direct_master()
         self.relay.stop()
         sandbox.stop_pool(self.pool_dir)

@@ -15,6 +15,7 @@ from bench.results import (
     CONTROLMASTER,
     DIRECT,
     DIRECT_PATH,
+    DIRECT_TCP,
     FRESH_SSHD,
     IDLE_CPU,
     IDLE_RSS,
@@ -82,7 +83,7 @@ def repeated(rig: Rig, repeat: int, negotiation_delay: float) -> Scenario:
 def bulk(rig: Rig, repeat: int, size: int) -> list[Scenario]:
     """Upload and download `size` bytes of zeros (ssh compresses nothing by default). The direct
     path negotiates a fresh sshd for every ssh: that is in its time."""
-    hosts = {RELAY: rig.host, DIRECT: "direct-cm", DIRECT_PATH: rig.direct_host}
+    hosts = {RELAY: rig.host, DIRECT: "direct-cm", DIRECT_TCP: "direct-tcp", DIRECT_PATH: rig.direct_host}
     up = {name: Series(name) for name in hosts}
     down = {name: Series(name) for name in hosts}
     for name, host in hosts.items():
@@ -110,7 +111,7 @@ def rsync_tree(rig: Rig, repeat: int, files: int) -> Scenario:
     """rsync -a of a fresh tree of small files, to a new destination each time."""
     tree = _small_file_tree(rig.root / "tree", files)
     contenders = {RELAY: (rig.relay.ssh_config, rig.host), DIRECT: (rig.direct_config, "direct-cm"),
-                  DIRECT_PATH: (rig.relay.ssh_config, rig.direct_host)}
+                  DIRECT_TCP: (rig.direct_config, "direct-tcp"), DIRECT_PATH: (rig.relay.ssh_config, rig.direct_host)}
     series = {name: Series(name) for name in contenders}
     for i in range(repeat):
         for n, (name, (config, host)) in enumerate(contenders.items()):
