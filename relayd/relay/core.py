@@ -31,7 +31,9 @@ write buffer threshold waiting (`congested`, Twisted's pauseProducing), nothing 
 sent to it: what its senders send stays queued, within the window they were granted, and
 refills none. A client that sends a leg messages outside channels (opens, global
 requests) while that leg is congested is not read from until it drains. One slow client
-so never stalls the other clients of a shared leg.
+so never stalls the other clients of a shared leg. A client connection has at most
+MAX_CHANNELS_PER_CLIENT (512) channels open, whoever opened them; an open beyond that is
+refused with "resource shortage", as OpenSSH refuses what it has no descriptors for.
 
 A job's sshd allows `MaxSessions` (10) session channels per connection. When every leg is
 full, session opens wait while the owner negotiates another leg (`need_leg`), so clients
@@ -97,6 +99,7 @@ from relayd.relay.wire import (
     GLOBAL_REQUEST,
     OPEN_ADMINISTRATIVELY_PROHIBITED,
     OPEN_CONNECT_FAILED,
+    OPEN_RESOURCE_SHORTAGE,
     REQUEST_FAILURE,
     REQUEST_SUCCESS,
     Reader,
@@ -118,6 +121,11 @@ RELAY_MAX_PACKET = 128 * 1024
 # A session confirmed by the relay holds the client's messages until the job confirms it: at
 # most this many messages and bytes (a client sending more first is dropped); the leg is
 # picked at half of either.
+# Channels one client connection may have open at once, whoever opened them: each costs
+# the relay its records and up to RESERVE of queued data each way beyond the job's budget,
+# so without a cap a client (or a job opening forwarded channels to it) could grow the
+# daemon without bound. OpenSSH runs out of descriptors near 1,000 channels by default.
+MAX_CHANNELS_PER_CLIENT = 512
 MAX_HELD_MESSAGES = 64
 MAX_HELD_BYTES = 64 * 1024
 _FORWARDING_REQUESTS = frozenset({b"auth-agent-req@openssh.com", b"x11-req"})
@@ -129,6 +137,7 @@ _SETUP_REQUESTS = frozenset({b"pty-req", b"env"})
 _REFUSED_REQUEST = b"forwarding-refused@condor-relay"
 
 # Global requests the relay answers itself instead of passing them on.
+_TOO_MANY_CHANNELS = f"condor-relay: {MAX_CHANNELS_PER_CLIENT} channels open on this connection".encode()
 _LOCAL_GLOBAL_REQUESTS = {b"keepalive@openssh.com", b"no-more-sessions@openssh.com"}
 
 
@@ -712,6 +721,9 @@ class Relay:
                 CHANNEL_OPEN_FAILURE, open_failure(sender, OPEN_ADMINISTRATIVELY_PROHIBITED, b"no more sessions")
             )
             return
+        if len(client.channels) >= MAX_CHANNELS_PER_CLIENT:
+            client.link.send(CHANNEL_OPEN_FAILURE, open_failure(sender, OPEN_RESOURCE_SHORTAGE, _TOO_MANY_CHANNELS))
+            return
         channel = self._allocate(kind, client, None, client_id=sender, server_id=None)
         channel.open_rest = reader.rest()
         rest = Reader(channel.open_rest)
@@ -896,6 +908,9 @@ class Relay:
                 CHANNEL_OPEN_FAILURE,
                 open_failure(sender, OPEN_ADMINISTRATIVELY_PROHIBITED, b"no client for this " + kind + b" channel"),
             )
+            return
+        if len(client.channels) >= MAX_CHANNELS_PER_CLIENT:
+            leg.link.send(CHANNEL_OPEN_FAILURE, open_failure(sender, OPEN_RESOURCE_SHORTAGE, _TOO_MANY_CHANNELS))
             return
         channel = self._allocate(kind, client, leg, client_id=None, server_id=sender)
         channel.up.receiver_window(window, max_packet)

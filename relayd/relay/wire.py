@@ -26,6 +26,7 @@ EXTENDED_DATA_STDERR = 1
 
 OPEN_ADMINISTRATIVELY_PROHIBITED = 1
 OPEN_CONNECT_FAILED = 2
+OPEN_RESOURCE_SHORTAGE = 4
 
 # Messages whose first field is the recipient channel and that are routed by it.
 CHANNEL_MESSAGES = frozenset(range(CHANNEL_WINDOW_ADJUST, CHANNEL_FAILURE + 1))

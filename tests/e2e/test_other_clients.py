@@ -13,8 +13,10 @@ import contextlib
 import hashlib
 import logging
 import os
+import socket
 import subprocess
 import threading
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -125,6 +127,45 @@ def test_paramiko_exec_round_trip_and_sftp(relay, ssh_config, key, tmp_path):
         assert sha256((tmp_path / "down.bin").read_bytes()) == sha256(data)
         _, out, _ = client.exec_command("sha256sum paramiko.bin")
         assert out.read().split()[0].decode() == sha256(data)
+
+
+def test_channels_beyond_the_cap_are_refused_one_by_one_and_the_connection_lives_on(relay, ssh_config, key):
+    """A client (here paramiko, forwarding 513 connections at once) gets "resource shortage"
+    for each channel past MAX_CHANNELS_PER_CLIENT, and may open again once one closes."""
+    host = relay.running_job()
+    accepted: list[socket.socket] = []
+    with socket.create_server(("127.0.0.1", 0), backlog=1024) as listener, \
+            paramiko_client(ssh_config, host, key) as client:
+        threading.Thread(target=accept_all, args=(listener, accepted), daemon=True).start()
+        transport = client.get_transport()
+        target = ("127.0.0.1", listener.getsockname()[1])
+        channels = [transport.open_channel("direct-tcpip", target, ("127.0.0.1", 0)) for _ in range(512)]
+        with pytest.raises(paramiko.ChannelException) as refused:
+            transport.open_channel("direct-tcpip", target, ("127.0.0.1", 0))
+        assert refused.value.code == 4  # paramiko keeps the code and drops the text; ssh shows both
+        channels.pop().close()
+        channels.append(when_free(lambda: transport.open_channel("direct-tcpip", target, ("127.0.0.1", 0))))
+        channels.pop().close()
+        _, out, _ = when_free(lambda: client.exec_command("echo still here"))
+        assert out.read() == b"still here\n"
+    for connection in accepted:
+        connection.close()
+
+
+def when_free(open_channel):
+    """Retry an open refused at the cap: a closed channel's slot is free once the job has
+    closed its side too."""
+    for _ in range(50):
+        with contextlib.suppress(paramiko.ChannelException):
+            return open_channel()
+        time.sleep(0.1)
+    return open_channel()
+
+
+def accept_all(listener: socket.socket, accepted: list[socket.socket]) -> None:
+    with contextlib.suppress(OSError):  # the listener closed
+        while True:
+            accepted.append(listener.accept()[0])
 
 
 def paramiko_failure(config: Path, host: str, key: Path, caplog: pytest.LogCaptureFixture) -> str:

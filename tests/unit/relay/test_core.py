@@ -729,3 +729,41 @@ def test_a_close_queued_behind_data_still_answers_the_clients_close(setup):
     relay.from_client(client, w.CHANNEL_CLOSE, u32(relay_id))  # the client closes on its own
     assert client.link.sent == [(w.CHANNEL_CLOSE, u32(5))] and relay.channels == 0
     assert upstream[-1] == (w.CHANNEL_CLOSE, u32(1))
+
+
+def test_a_client_has_at_most_max_channels_open_and_may_open_again_once_one_closes(setup):
+    relay, upstream = setup
+    client, other = relay.attach(Link()), relay.attach(Link())
+
+    def direct(client_id):
+        return (s(b"direct-tcpip") + u32(client_id) + u32(1 << 20) + u32(32768)
+                + s(b"localhost") + u32(22) + s(b"127.0.0.1") + u32(40000))
+
+    for i in range(r.MAX_CHANNELS_PER_CLIENT):
+        relay.from_client(client, w.CHANNEL_OPEN, direct(i))
+    opened = len(upstream)
+    relay.from_client(client, w.CHANNEL_OPEN, direct(9999))
+    assert len(upstream) == opened  # never reaches the job
+    num, payload = client.link.sent[-1]
+    assert num == w.CHANNEL_OPEN_FAILURE and payload[:8] == u32(9999) + u32(w.OPEN_RESOURCE_SHORTAGE)
+    assert b"512 channels open on this connection" in payload
+    relay.from_client(other, w.CHANNEL_OPEN, direct(0))  # another client is not affected
+    assert len(upstream) == opened + 1
+    first = struct.unpack(">L", upstream[0][1][16:20])[0]  # the job refuses the first open: freed
+    relay.from_leg(relay.leg, w.CHANNEL_OPEN_FAILURE, u32(first) + u32(w.OPEN_CONNECT_FAILED) + s(b"no") + s(b""))
+    relay.from_client(client, w.CHANNEL_OPEN, direct(10000))
+    assert len(upstream) == opened + 2
+
+
+def test_the_job_cannot_open_more_than_max_channels_towards_a_client(setup):
+    relay, upstream = setup
+    client = relay.attach(Link())
+    relay.from_client(client, w.GLOBAL_REQUEST, s(b"tcpip-forward") + b"\1" + s(b"localhost") + u32(8022))
+    relay.from_leg(relay.leg, w.REQUEST_SUCCESS, b"")
+    extra = s(b"localhost") + u32(8022) + s(b"127.0.0.1") + u32(5555)
+    for i in range(r.MAX_CHANNELS_PER_CLIENT + 1):
+        relay.from_leg(relay.leg, w.CHANNEL_OPEN, s(b"forwarded-tcpip") + u32(i) + u32(1000) + u32(500) + extra)
+    opens = [payload for num, payload in client.link.sent if num == w.CHANNEL_OPEN]
+    assert len(opens) == r.MAX_CHANNELS_PER_CLIENT
+    num, payload = upstream[-1]
+    assert num == w.CHANNEL_OPEN_FAILURE and payload[:8] == u32(r.MAX_CHANNELS_PER_CLIENT) + u32(w.OPEN_RESOURCE_SHORTAGE)
