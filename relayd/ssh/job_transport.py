@@ -90,6 +90,7 @@ class _UpstreamTransport(PacketTransport, transport.SSHClientTransport):
         self._credentials = credentials
         self.disconnect_reason: str | None = None
         self.refusal: HostKeyRefused | None = None  # why we broke off, if we did
+        self._service_requested = False
 
     def verifyHostKey(self, hostKey: bytes, fingerprint: bytes) -> defer.Deferred[bool]:
         try:
@@ -100,7 +101,11 @@ class _UpstreamTransport(PacketTransport, transport.SSHClientTransport):
         return defer.succeed(True)
 
     def connectionSecure(self) -> None:
-        self.requestService(_NegotiatedKeyAuth(self._credentials, _ConnectionService(self._upstream)))
+        # Conch calls this at every NEWKEYS: the service is asked for once, as sshd
+        # answers a second request (after a re-key) with UNIMPLEMENTED.
+        if not self._service_requested:
+            self._service_requested = True
+            self.requestService(_NegotiatedKeyAuth(self._credentials, _ConnectionService(self._upstream)))
 
     def receiveError(self, reasonCode: int, description: bytes) -> None:
         self.disconnect_reason = description.decode(errors="replace")

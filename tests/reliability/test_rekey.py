@@ -27,3 +27,6 @@ def test_both_legs_rekey_by_volume_and_the_bytes_arrive(relay):
     expected = 2 * (len(PAYLOAD) // REKEY_BYTES) * 3 // 4
     for side in ("client connection", "upstream connection"):
         assert log.count(f"{side}: key re-exchange after") >= expected, (side, log[-3000:])
+    # Conch's client transport calls connectionSecure at every NEWKEYS: a re-key must not ask
+    # the job's sshd for the userauth service again (it answers UNIMPLEMENTED).
+    assert "unimplemented" not in log, log[-3000:]
