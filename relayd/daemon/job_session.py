@@ -15,7 +15,7 @@ from __future__ import annotations
 import time
 from typing import Awaitable, Callable
 
-from twisted.internet import defer
+from twisted.internet import defer, task
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 
@@ -30,6 +30,8 @@ from relayd.ssh.traffic import Traffic
 
 log = Logger()
 
+# Seconds before a failed extra leg is negotiated again, while sessions wait for it.
+LEG_RETRY_DELAYS = (1.0, 3.0)
 OpenLeg = Callable[[Progress, bool], Awaitable[Credentials]]  # (progress, first leg?) -> credentials
 # Why the job's connection was lost, as the schedd tells it (None: it still runs, or cannot say).
 ExplainLoss = Callable[[JobName], Awaitable["str | None"]]
@@ -125,13 +127,23 @@ class JobSession:
 
     def _need_leg(self, owner: Client | None) -> None:
         """Negotiate one more leg: shared when every shared leg has MaxSessions sessions, or
-        owned by a client whose session forwards its agent or X11."""
+        owned by a client whose session forwards its agent or X11. A failed negotiation is
+        tried again (LEG_RETRY_DELAYS) while sessions still wait for it: in a burst of
+        sessions one may fail where the job is fine, and its sessions should not."""
         async def add() -> None:
-            try:
-                await self._add_leg(first=False, owner=owner)
-            except Exception as exc:
-                log.warn("job {job}: another upstream connection failed: {exc}", job=self.job.job_id, exc=exc)
-                self.relay.leg_failed(str(exc), owner)
+            for delay in (*LEG_RETRY_DELAYS, None):
+                try:
+                    await self._add_leg(first=False, owner=owner)
+                    return
+                except Exception as exc:
+                    if delay is None or self.closed or not self.relay.waiting(owner):
+                        log.warn("job {job}: another upstream connection failed: {exc}", job=self.job.job_id,
+                                 exc=exc)
+                        self.relay.leg_failed(str(exc), owner)
+                        return
+                    log.warn("job {job}: another upstream connection failed ({exc}); trying again in {delay:g} s",
+                             job=self.job.job_id, exc=exc, delay=delay)
+                await task.deferLater(self._reactor, delay, lambda: None)
 
         defer.ensureDeferred(add())
 

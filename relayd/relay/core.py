@@ -37,7 +37,7 @@ refused with "resource shortage", as OpenSSH refuses what it has no descriptors 
 
 A job's sshd allows `MaxSessions` (10) session channels per connection. When every leg is
 full, session opens wait while the owner negotiates another leg (`need_leg`), so clients
-never see the limit. Global requests and everything they cause (remote forwards) live on
+never see the limit; a session that ends on a leg gives its room to the oldest waiting one. Global requests and everything they cause (remote forwards) live on
 the first leg, which is kept while any client is attached.
 
 Agent and X11 forwarding cannot share a leg: the job's sshd sets up one agent socket per
@@ -381,10 +381,25 @@ class Relay:
             leg.channels.discard(channel.relay_id)
             if channel.kind == b"session":
                 leg.sessions -= 1
+                self._take_waiting(leg)
             if not leg.channels and leg in self._legs:
                 if leg.owner is not None:
                     self._legs.remove(leg)
                 self._leg_idle(leg)
+
+    def _take_waiting(self, leg: Leg) -> None:
+        """A session left `leg`: the oldest session waiting for a leg like it takes its room,
+        rather than waiting for a leg still being negotiated (or failing with it)."""
+        if leg not in self._legs or leg.sessions >= leg.capacity:
+            return
+        channel = next((c for c in self._waiting if self._owner_wanted(c) is leg.owner), None)
+        if channel is not None:
+            self._waiting.remove(channel)
+            self._open_on_a_leg(channel)
+
+    def waiting(self, owner: Client | None = None) -> int:
+        """Session opens waiting for a leg of `owner` (None: a shared leg)."""
+        return sum(1 for channel in self._waiting if self._owner_wanted(channel) is owner)
 
     def _forget_if_done(self, channel: Channel) -> None:
         if channel.client_closed and channel.server_closed:
@@ -744,8 +759,7 @@ class Relay:
         if leg is None:
             self._waiting.append(channel)
             # negotiated side by side, as many as the waiting opens fill (a few at a time)
-            waiting = sum(1 for c in self._waiting if self._owner_wanted(c) is owner)
-            wanted = min(-(-waiting // self._max_sessions), MAX_LEGS_IN_NEGOTIATION)
+            wanted = min(-(-self.waiting(owner) // self._max_sessions), MAX_LEGS_IN_NEGOTIATION)
             while self._legs_requested.get(owner, 0) < wanted:
                 self._legs_requested[owner] = self._legs_requested.get(owner, 0) + 1
                 self._need_leg(owner)

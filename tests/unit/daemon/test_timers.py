@@ -10,10 +10,11 @@ import pytest
 from twisted.internet import defer, task
 from twisted.internet.testing import StringTransport
 
+from relayd.common.errors import NegotiationFailed
 from relayd.condor.names import JobName
 from relayd.daemon.control import REQUEST_TIMEOUT, ControlConnection
 from relayd.daemon.exit_when_idle import LOCK_RETRY_SECONDS, IdleExit
-from relayd.daemon.job_session import JobSession
+from relayd.daemon.job_session import LEG_RETRY_DELAYS, JobSession
 from relayd.relay import wire
 from relayd.ssh.traffic import Traffic
 
@@ -221,3 +222,58 @@ def test_a_complete_request_stops_the_request_timer(connection):
     clock.advance(REQUEST_TIMEOUT * 2)
     assert transport.value() == b""
     assert not clock.getDelayedCalls()
+
+
+def burst_session(clock: task.Clock, failures: int) -> tuple[JobSession, list[FakeLeg], list[bool]]:
+    """A ready session with MaxSessions 1 whose next `failures` extra negotiations fail."""
+    legs: list[FakeLeg] = []
+    asked: list[bool] = []
+
+    def new_leg(*args) -> FakeLeg:  # noqa: ANN002
+        legs.append(FakeLeg(*args))
+        return legs[-1]
+
+    def open_leg(progress, first: bool) -> defer.Deferred[object]:  # noqa: ANN001
+        asked.append(first)
+        if not first and asked.count(False) <= failures:
+            return defer.fail(NegotiationFailed("condor_ssh_to_job: the starter is busy"))
+        return defer.succeed(object())
+
+    session = JobSession(JobName(1, 0), open_leg, clock, IDLE, [].append, max_sessions=1, new_connection=new_leg)
+    session.start()
+    return session, legs, asked
+
+
+def start_session(session: JobSession, client, client_id: int) -> None:  # noqa: ANN001
+    session.relay.from_client(client, wire.CHANNEL_OPEN, wire.string(b"session") + wire.u32(client_id)
+                              + wire.u32(65536) + wire.u32(32768))
+    relay_id = int.from_bytes(client.link.sent[-1][1][4:8], "big")
+    session.relay.from_client(client, wire.CHANNEL_REQUEST, wire.u32(relay_id) + wire.string(b"exec") + b"\1"
+                              + wire.string(b"true"))
+
+
+def test_a_failed_extra_leg_is_negotiated_again_while_sessions_wait_for_it():
+    clock = task.Clock()
+    session, legs, asked = burst_session(clock, failures=1)
+    client = session.relay.attach(FakeClient())
+    start_session(session, client, 0)
+    start_session(session, client, 1)  # MaxSessions 1: waits for a second leg, whose negotiation fails
+    assert asked == [True, False] and len(legs) == 1 and session.relay.waiting() == 1
+    clock.advance(LEG_RETRY_DELAYS[0])
+    assert asked == [True, False, False] and len(legs) == 2 and session.relay.waiting() == 0
+    assert legs[1].sent[0][0] == wire.CHANNEL_OPEN  # the waiting session went to the new leg
+    assert not any(msgnum == wire.CHANNEL_FAILURE for msgnum, _ in client.link.sent)
+
+
+def test_waiting_sessions_fail_with_the_reason_once_the_retries_are_spent():
+    clock = task.Clock()
+    session, legs, asked = burst_session(clock, failures=len(LEG_RETRY_DELAYS) + 1)
+    client = session.relay.attach(FakeClient())
+    start_session(session, client, 0)
+    start_session(session, client, 1)
+    for delay in LEG_RETRY_DELAYS:
+        clock.advance(delay)
+    assert asked.count(False) == len(LEG_RETRY_DELAYS) + 1 and len(legs) == 1
+    assert (wire.CHANNEL_FAILURE, wire.u32(1)) in client.link.sent
+    note = [payload for msgnum, payload in client.link.sent if msgnum == wire.CHANNEL_EXTENDED_DATA][-1]
+    assert b"the starter is busy" in note

@@ -767,3 +767,20 @@ def test_the_job_cannot_open_more_than_max_channels_towards_a_client(setup):
     assert len(opens) == r.MAX_CHANNELS_PER_CLIENT
     num, payload = upstream[-1]
     assert num == w.CHANNEL_OPEN_FAILURE and payload[:8] == u32(r.MAX_CHANNELS_PER_CLIENT) + u32(w.OPEN_RESOURCE_SHORTAGE)
+
+
+def test_a_session_ending_on_a_full_leg_gives_its_room_to_the_oldest_waiting_one():
+    harness = Harness(max_sessions=2)
+    relay = harness.relay
+    first = []
+    leg = relay.add_leg(LegLink(first))
+    client = relay.attach(Link())
+    ids = [session_open(relay, client, i, window=100) for i in range(4)]
+    for rid in ids:
+        request(relay, client, rid, b"exec", data=s(b"true"))
+    assert [payload[11:15] for _, payload in first] == [u32(ids[0]), u32(ids[1])] and relay.waiting() == 2
+    relay.from_leg(leg, w.CHANNEL_OPEN_CONFIRMATION, u32(ids[0]) + u32(50) + u32(100) + u32(100))
+    relay.from_leg(leg, w.CHANNEL_CLOSE, u32(ids[0]))
+    relay.from_client(client, w.CHANNEL_CLOSE, u32(ids[0]))
+    assert first[-1][0] == w.CHANNEL_OPEN and first[-1][1][11:15] == u32(ids[2])  # the oldest, on the freed room
+    assert relay.waiting() == 1 and harness.legs_wanted == 1  # the other still waits for the new leg
