@@ -24,6 +24,7 @@ from relayd.daemon.direct import (
 )
 from relayd.relay.wire import string, u32
 from relayd.sandbox import pool as sandbox
+from relayd.sandbox.processes import ProcessId, kill_tree
 
 JOB_USER = "condor-relay-job"  # the user the sandbox's job sshd runs as (tests run as root)
 
@@ -148,3 +149,26 @@ def test_another_user_cannot_reach_the_agent_socket(relay):
     finally:
         ssh.kill()
         ssh.communicate()
+
+
+def test_sshd_killed_mid_download_fails_loudly(relay):
+    """With no relay in the path, ssh itself says the connection ended, and exits 255: a short
+    stream is never taken for the whole of it."""
+    cluster, proc = sandbox.submit_job(relay.pool_dir, status="running")
+    target = f"{JOB_USER}@job-{cluster}.{proc}.direct.condor"
+    pull = subprocess.Popen(relay.ssh_argv(target, f"head -c {200 << 20} /dev/urandom"), env=relay.home.env,
+                            stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    received = 0
+    while chunk := pull.stdout.read1(1 << 20):
+        if received < (64 << 20) <= received + len(chunk):
+            for pid in sandbox.sshd_pids(relay.pool_dir, cluster, proc):
+                process = ProcessId.of(pid)
+                if process is not None:
+                    kill_tree(process)
+        received += len(chunk)
+    pull.wait(30)
+    stderr = pull.stderr.read().decode()
+    assert 64 << 20 <= received < 200 << 20
+    # OpenSSH's own words, which vary with the moment: "Connection to ... closed by remote
+    # host." or "client_loop: send disconnect: Broken pipe"
+    assert pull.returncode == 255 and stderr.strip(), stderr
