@@ -124,9 +124,12 @@ class OnDemand:
         shared = self._pending.get(key)
         if shared is None:
             shared = self._pending[key] = _Shared()
+            waiter = shared.join(progress)  # before the wait starts, which ends when no one waits
             defer.ensureDeferred(self._obtain(key, profile, submitter, shared))
+        else:
+            waiter = shared.join(progress)
         try:
-            job = await shared.join(progress)
+            job = await waiter
         except defer.CancelledError:  # its client left (relayd.daemon.control cancels its connect)
             if not shared.waiters and key in self.jobs:
                 self.jobs[key].last_used = self.reactor.seconds()  # the linger clock starts now
