@@ -82,12 +82,11 @@ def test_the_wait_stops_with_its_last_client_and_the_linger_counts_from_there(po
     clock, schedd, on_demand = pool
     waiting, told = client(on_demand)
     [ad] = schedd.ads.values()
-    assert not waiting.called and "waiting for a slot" in told[-1]
     clock.advance(30)  # a long wait in the queue: no clock runs while someone waits
-    assert schedd.ads and on_demand.time_left(("cpu", None), on_demand.jobs[("cpu", None)]) is None
+    assert not waiting.called and schedd.ads and "waiting for a slot" in told[-1]
     leave(waiting)
     clock.advance(LINGER - 1)
-    assert schedd.ads and ("cpu", None) not in on_demand._pending  # stopped waiting, still queued
+    assert schedd.ads and not schedd.removed  # no longer waited for, still queued
     clock.advance(1)
     assert schedd.removed == [(f"{ad['ClusterId']}.0", f"condor-relay: no client for {LINGER:g} s")]
 
@@ -115,3 +114,14 @@ def test_a_client_back_within_the_linger_finds_the_same_queued_job(pool):
     assert len(schedd.ads) == 1 and not schedd.removed and "submitted" not in told[-1]
     clock.advance(LINGER * 2)
     assert not again.called and len(schedd.ads) == 1 and not schedd.removed
+
+
+def test_time_left_counts_the_linger_only_without_clients(pool):
+    clock, schedd, on_demand = pool
+    waiting, _ = client(on_demand)
+    [(key, held)] = on_demand.jobs.items()
+    clock.advance(30)
+    assert on_demand.time_left(key, held) is None  # waited for
+    leave(waiting)
+    clock.advance(4)
+    assert on_demand.time_left(key, held) == LINGER - 4
