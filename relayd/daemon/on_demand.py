@@ -66,9 +66,8 @@ class _Shared:
         self.waiters = [entry for entry in self.waiters if entry[0] is not waiter]
 
     def progress(self, text: str) -> None:
-        for waiter, progress in self.waiters:
-            if not waiter.called:
-                progress(text)
+        for _, progress in self.waiters:
+            progress(text)
 
     def settle(self, result: JobName | Failure) -> None:
         waiters, self.waiters = self.waiters, []
