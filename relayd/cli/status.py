@@ -26,6 +26,12 @@ def render(document: dict[str, Any]) -> str:
                  duration(u["idle"]), str(u["connections"]), str(u["clients"]), str(u["channels"]),
                  size(u["bytes_to_job"]), size(u["bytes_from_job"]), str(u["negotiations"])] for u in upstreams]
         lines += table(header, rows, indent="  ")
+    on_demand = document.get("on_demand", [])  # a daemon from before jobs on demand has none
+    lines.append(f"jobs on demand: {len(on_demand)}")
+    if on_demand:  # worded as `relayd jobs` words them
+        rows = [[j["host"], j["job"], j["profile"], j["state"], str(j["clients"]),
+                 "in use" if j["left"] is None else f"removed in {duration(j['left'])}"] for j in on_demand]
+        lines += table(["HOST", "JOB", "PROFILE", "STATE", "CLIENTS", "LEFT"], rows, indent="  ")
     clients = document["clients"]
     lines.append(f"clients: {len(clients)}")
     if clients:

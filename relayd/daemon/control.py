@@ -73,7 +73,8 @@ class ControlService(Protocol):
         """It went (it may have been refused before `opened`)."""
 
     async def connect(self, request: Connect, progress: Callable[[str], None]) -> JobSession:
-        """The job's session once it is ready; raises a RelayError with the user's message."""
+        """The job's session once it is ready; raises a RelayError with the user's message.
+        Cancelled when the client leaves before then (a wait for a job on demand ends with its last client)."""
 
     def client_transport(self) -> ClientTransport:
         """A new SSH server transport for a client, with the relay's host key."""
@@ -111,6 +112,7 @@ class ControlConnection(protocol.Protocol):
         self._fds: list[int] = []
         self._capture: Capture | None = None
         self._ssh: ClientTransport | None = None
+        self._connecting: defer.Deferred[JobSession] | None = None
         self._failure: str | None = None
         self._request_timer: interfaces.IDelayedCall | None = None
         self.host: str | None = None  # the host a CONNECT asked for
@@ -206,8 +208,8 @@ class ControlConnection(protocol.Protocol):
             reaching.addCallbacks(self._hand_direct, self._direct_failed)
             return
         self._start_ssh()
-        connecting = defer.ensureDeferred(self._service.connect(request, self._ssh_progress))
-        connecting.addCallbacks(self._connected, self._connect_failed)
+        self._connecting = defer.ensureDeferred(self._service.connect(request, self._ssh_progress))
+        self._connecting.addCallbacks(self._connected, self._connect_failed)
 
     def _start_ssh(self) -> None:
         """Answer OK and speak SSH from here on; what ssh sent with the request goes along."""
@@ -263,6 +265,8 @@ class ControlConnection(protocol.Protocol):
             self._ssh.bind(session)
 
     def _connect_failed(self, failure: Failure) -> None:
+        if failure.check(defer.CancelledError):
+            return  # its client left (connectionLost)
         if failure.check(RelayError):
             message = str(failure.value)
         else:
@@ -297,6 +301,8 @@ class ControlConnection(protocol.Protocol):
         was = self._state
         self._state = _State.CLOSED
         self._stop_request_timer()
+        if self._connecting is not None:
+            self._connecting.cancel()  # a no-op once connected or failed
         for fd in self._fds:
             os.close(fd)
         self._fds.clear()

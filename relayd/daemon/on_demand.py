@@ -1,7 +1,8 @@
 """Jobs on demand, the daemon's side: `ssh gpu.condor` gets the user's job of profile `gpu`.
 
 The first connection submits a job (relayd.condor.profiles, .submit) and waits for it to
-run, telling the user each step; connections meanwhile share that submission. Every later
+run, telling the user each step; connections meanwhile share that submission, and the wait
+stops when the last of them leaves (the job stays queued for its linger). Every later
 connection reaches the same job, also after a daemon restart: the daemon finds its jobs
 again by their marks. Once no client has used a job for its profile's `linger`, the daemon
 removes it. Every `heartbeat_interval` it refreshes the jobs' heartbeat attribute, without
@@ -46,6 +47,7 @@ class HeldJob:
     last_used: float  # reactor time a client last used it
     tracked_at: float
     idle_since: float | None = None  # what the ad's CondorRelayIdleSince says (0: in use), None: unknown
+    status: int = IDLE  # its JobStatus when last looked at
 
 
 class _Shared:
@@ -55,18 +57,22 @@ class _Shared:
         self.waiters: list[tuple[defer.Deferred[JobName], Progress]] = []
 
     def join(self, progress: Progress) -> defer.Deferred[JobName]:
-        waiter: defer.Deferred[JobName] = defer.Deferred()
+        """A waiter for the job; cancelling it (its client left) takes it out of the wait."""
+        waiter: defer.Deferred[JobName] = defer.Deferred(self._leave)
         self.waiters.append((waiter, progress))
         return waiter
 
+    def _leave(self, waiter: defer.Deferred[JobName]) -> None:
+        self.waiters = [entry for entry in self.waiters if entry[0] is not waiter]
+
     def progress(self, text: str) -> None:
-        for waiter, progress in self.waiters:
-            if not waiter.called:
-                progress(text)
+        for _, progress in self.waiters:
+            progress(text)
 
     def settle(self, result: JobName | Failure) -> None:
-        for waiter, _ in self.waiters:
-            if not waiter.called:  # a waiter someone cancelled
+        waiters, self.waiters = self.waiters, []
+        for waiter, _ in waiters:
+            if not waiter.called:  # cancelled by a callback of an earlier waiter
                 waiter.callback(result) if isinstance(result, JobName) else waiter.errback(result)
 
 
@@ -117,8 +123,16 @@ class OnDemand:
         shared = self._pending.get(key)
         if shared is None:
             shared = self._pending[key] = _Shared()
+            waiter = shared.join(progress)  # before the wait starts, which ends when no one waits
             defer.ensureDeferred(self._obtain(key, profile, submitter, shared))
-        job = await shared.join(progress)
+        else:
+            waiter = shared.join(progress)
+        try:
+            job = await waiter
+        except defer.CancelledError:  # its client left (relayd.daemon.control cancels its connect)
+            if not shared.waiters and key in self.jobs:
+                self.jobs[key].last_used = self.reactor.seconds()  # the linger clock starts now
+            raise
         if key in self.jobs:
             self.jobs[key].last_used = self.reactor.seconds()
         return job
@@ -127,7 +141,7 @@ class OnDemand:
         try:
             job, status = await self._find_or_submit(key, profile, submitter)
             if status != RUNNING:
-                await self._until_running(key, job, submitter, shared.progress, submitted=status is None)
+                await self._until_running(key, job, submitter, shared, submitted=status is None)
         except Exception as exc:
             if not isinstance(exc, (JobUnreachable, LookupFailed)):
                 log.failure("a job on demand for profile {profile}", profile=profile.name)
@@ -164,21 +178,29 @@ class OnDemand:
         now = self.reactor.seconds()
         if key not in self.jobs or self.jobs[key].job != job:
             self.jobs[key] = HeldJob(job, profile.name, last_used=now, tracked_at=now)
+        self.jobs[key].status = status or IDLE
         return job, status
 
-    async def _until_running(self, key: Key, job: JobName, submitter: JobSubmitter, progress: Progress,
+    async def _until_running(self, key: Key, job: JobName, submitter: JobSubmitter, shared: _Shared,
                              submitted: bool) -> None:
         """Wait for the job to run, telling each step (in one line each: ssh shows a step that
-        lasts over a second, and the latest of quicker ones)."""
+        lasts over a second, and the latest of quicker ones), while anyone still waits for it."""
         profile = key[0]
         news = f"submitted a job of profile {profile} as {job.job_id}; " if submitted else ""
         poll = min(2.0, self.config.watch_interval)
         pacer = ReportPacer(QUEUE_REPORT_INTERVAL)
         checked: str | None = None  # the match reason the last never-match check saw
+        progress = shared.progress
         while True:
+            if not shared.waiters:  # its linger runs from the last one's departure (_tick)
+                log.info("stopped waiting for job {job} of profile {profile}: its clients left", job=job.job_id,
+                         profile=profile)
+                return
             ad = find(await self._blocking(submitter.find, profile), job)
             status = (ad or {}).get("JobStatus")
             if status == RUNNING:
+                if key in self.jobs:
+                    self.jobs[key].status = RUNNING
                 progress(f"{news}job {job.job_id} is running on {(ad or {}).get('RemoteHost') or 'its slot'}")
                 return
             if status == HELD:
@@ -232,8 +254,17 @@ class OnDemand:
 
     def _in_use(self, key: Key, held: HeldJob) -> bool:
         session = self._session_of(held.job)
-        return key in self._pending or (session is not None and not session.closed
-                                        and (not session.ready or bool(session.relay.clients)))
+        shared = self._pending.get(key)
+        return (shared is not None and bool(shared.waiters)) or (
+            session is not None and not session.closed and (not session.ready or bool(session.relay.clients)))
+
+    def time_left(self, key: Key, held: HeldJob) -> float | None:
+        """Seconds before the job is removed for want of clients; None while one uses it."""
+        if self._in_use(key, held):
+            return None
+        profile = self.config.profiles.get(held.profile)
+        linger = profile.linger if profile is not None else 0.0
+        return max(0.0, linger - (self.reactor.seconds() - held.last_used))
 
     def release(self, key: Key, reason: str) -> None:
         """Remove the job held for a profile, and close its connections."""
@@ -274,7 +305,10 @@ class OnDemand:
         self._released = {r for r in self._released if r[0] != label or r in listed}  # bounded: still queued
         ads = [ad for ad in ads if (label, ad.get("ClusterId"), ad.get("ProcId")) not in self._released]
         for key, held in list(self.jobs.items()):
-            if key[1] == label and held.tracked_at < asked and key not in self._pending and find(ads, held.job) is None:
+            ad = find(ads, held.job) if key[1] == label else None
+            if ad is not None:
+                held.status = ad.get("JobStatus", held.status)
+            elif key[1] == label and held.tracked_at < asked and key not in self._pending:
                 log.info("job {job} of profile {profile} left the queue", job=held.job.job_id, profile=held.profile)
                 del self.jobs[key]
                 self._changed()
@@ -283,7 +317,7 @@ class OnDemand:
             if key[0] in self.config.profiles and key not in self.jobs and ad.get("JobStatus") in (RUNNING, IDLE):
                 job = JobName(int(ad["ClusterId"]), int(ad["ProcId"]), label=label)
                 now = self.reactor.seconds()
-                self.jobs[key] = HeldJob(job, key[0], last_used=now, tracked_at=now)
+                self.jobs[key] = HeldJob(job, key[0], last_used=now, tracked_at=now, status=ad["JobStatus"])
                 log.info("job {job} of profile {profile} found again", job=job.job_id, profile=key[0])
         held = [h.job for key, h in self.jobs.items() if key[1] == label]
         if held:

@@ -136,6 +136,7 @@ class RelayDaemon:
             exit_when_idle=self.config.exit_when_idle if on_demand and self.config.exit_when_idle > 0 else None,
             negotiations=self.negotiations, sessions=list(self.jobs.values()),
             clients=[c for c in self.connections if c is not asking and c.host is not None],
+            on_demand=self.on_demand,
         )
 
     def _watcher(self) -> JobWatcher:

@@ -17,6 +17,7 @@ import time
 
 import pytest
 from harness import assert_fails, assert_ssh_fails, on_terminal, to_file, wait_for
+from opshelpers import status
 
 from relayd.common.jobstates import HELD, IDLE, REMOVED, RUNNING
 from relayd.sandbox import pool as sandbox
@@ -200,3 +201,60 @@ def test_a_job_past_its_max_lifetime_is_held_then_replaced(relay):
 def test_without_a_schedd_the_htcondor_submitter_says_so(relay):
     configure(relay, job_lookup="htcondor")
     assert_ssh_fails(relay, "cpu.condor", "cannot query (the local schedd): ")
+
+
+def waiting_ssh(relay, stderr, command: str = "true") -> subprocess.Popen:
+    """An ssh to cpu.condor in the background (it waits for the job), its stderr to a file."""
+    with stderr.open("wb") as file:
+        return subprocess.Popen(relay.ssh_argv("cpu.condor", command), env=relay.home.env, stdin=subprocess.DEVNULL,
+                                stdout=subprocess.PIPE, stderr=file)
+
+
+def kill(client: subprocess.Popen) -> None:
+    client.kill()
+    client.wait()
+    client.stdout.close()
+
+
+def waiting_clients(relay) -> int:
+    return sum(c["host"] == "cpu.condor" for c in (status(relay.home) or {}).get("clients", []))
+
+
+def test_a_wait_whose_clients_all_left_stops_and_the_job_goes_after_linger(relay, tmp_path):
+    # The job would start only after 60 s: the relay must neither wait for it nor keep it
+    # that long once its one client is gone, but count its linger from the client's departure.
+    configure(relay, start_delay=60, profiles={"cpu": {"submit": {"request_cpus": 1}, "linger": 2}})
+    stderr = tmp_path / "stderr"
+    client = waiting_ssh(relay, stderr)
+    try:  # killed while it shows the wait, as a user's Ctrl-C or ConnectTimeout ends it
+        assert wait_for(lambda: b"waiting for a slot" in stderr.read_bytes(), timeout=20), stderr.read_bytes()
+        assert waiting_clients(relay) == 1
+        assert [ad["JobStatus"] for ad in relay_jobs(relay)] == [IDLE]
+    finally:
+        kill(client)
+    [ad] = relay_jobs(relay)
+    job = f"{ad['ClusterId']}.{ad['ProcId']}"
+    assert wait_for(lambda: status_of(relay, ad["ClusterId"]) == REMOVED, timeout=15)
+    log = relay.log()
+    assert f"stopped waiting for job {job} of profile cpu: its clients left" in log, log
+    assert f"removing job {job} of profile cpu: no client for 2.0 s" in log, log
+
+
+def test_a_client_that_came_during_the_wait_keeps_it_when_the_first_leaves(relay, tmp_path):
+    configure(relay, start_delay=8, profiles={"cpu": {"submit": {"request_cpus": 1}, "linger": 2}})
+    first = waiting_ssh(relay, tmp_path / "first")
+    try:
+        assert wait_for(lambda: b"waiting for a slot" in (tmp_path / "first").read_bytes(), timeout=20)
+        second = waiting_ssh(relay, tmp_path / "second", "echo second")
+        try:
+            assert wait_for(lambda: waiting_clients(relay) == 2, timeout=10)
+            kill(first)
+            out, _ = second.communicate(timeout=60)
+        finally:
+            kill(second)
+    finally:
+        kill(first)
+    assert second.returncode == 0 and out == b"second\n", (tmp_path / "second").read_text()
+    [ad] = relay_jobs(relay)  # one submission, kept for the client that stayed
+    assert "stopped waiting" not in relay.log()
+    assert wait_for(lambda: status_of(relay, ad["ClusterId"]) == REMOVED, timeout=15)

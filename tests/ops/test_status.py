@@ -53,3 +53,34 @@ def test_status_json_shows_upstreams_and_clients(relay):
 def test_status_when_not_running(home):
     done = subprocess.run([RELAYD, "status", "--json"], env=home.env, capture_output=True, text=True, timeout=30)
     assert done.returncode == 3 and "relayd is not running" in done.stderr
+
+
+def test_status_shows_jobs_on_demand_waiting_then_running(relay, tmp_path):
+    relay.stop()
+    sandbox.configure_pool(relay.pool_dir, start_delay=4)
+    relay.configure(profiles={"cpu": {"submit": {"request_cpus": 1}, "linger": 30}}, heartbeat_interval=1,
+                    watch_interval=0.5)
+    relay.start()
+    with (tmp_path / "stderr").open("wb") as stderr:
+        client = subprocess.Popen(relay.ssh_argv("cpu.condor", "echo hi"), env=relay.home.env,
+                                  stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=stderr)
+    try:
+        assert wait_for(lambda: ((status(relay.home) or {}).get("on_demand") or [{}])[0].get("clients") == 1,
+                        timeout=20)
+        [waiting] = status(relay.home)["on_demand"]
+        human = subprocess.run([RELAYD, "status"], env=relay.home.env, capture_output=True, text=True, timeout=30)
+        out, _ = client.communicate(timeout=60)
+    finally:
+        client.kill()
+        client.wait()
+    job = waiting["job"]
+    assert waiting == {"host": "cpu.condor", "profile": "cpu", "schedd": None, "job": job, "state": "idle",
+                       "clients": 1, "left": None}
+    assert "jobs on demand: 1" in human.stdout and f"cpu.condor  {job}  cpu      idle   1        in use" in \
+        human.stdout, human.stdout
+    assert out == b"hi\n", (tmp_path / "stderr").read_text()
+    assert wait_for(lambda: status(relay.home)["on_demand"][0]["clients"] == 0)
+    [running] = status(relay.home)["on_demand"]
+    assert running["job"] == job and running["state"] == "running" and 20 < running["left"] <= 30
+    human = subprocess.run([RELAYD, "status"], env=relay.home.env, capture_output=True, text=True, timeout=30)
+    assert f"cpu.condor  {job}  cpu      running  0        removed in " in human.stdout, human.stdout
