@@ -43,7 +43,11 @@ AGENT_SIGN_RESPONSE = 14
 _RSA_SIGNATURES = {4: b"rsa-sha2-512", 2: b"rsa-sha2-256"}  # SSH_AGENT_RSA_SHA2_* flags
 MAX_AGENT_MESSAGE = 256 * 1024  # ssh-agent's own limit
 AGENT_SOCKET = "agent.sock"  # in the daemon's runtime dir, beside its socket
-__all__ = ["AGENT_SOCKET", "DIRECT_LABEL", "Grants", "listen_agent", "parent_pid"]
+# The user the starter reports (RemoteUser) when it preloads HTCondor's fake getpwnam into the
+# job's sshd (CONDOR_SSH_TO_JOB_FAKE_PASSWD_ENTRY, on by default): that sshd then takes any
+# login name, as the job's uid. Seen on a real 25.14 pool; the sandbox pool fakes nothing.
+FAKE_PASSWD_USER = "condor-user"
+__all__ = ["AGENT_SOCKET", "DIRECT_LABEL", "Grants", "listen_agent", "parent_pid", "refused_login"]
 
 
 @dataclass(frozen=True)
@@ -53,6 +57,13 @@ class _Grant:
     job: JobName
     private_key: keys.Key
     host_key: keys.Key
+
+
+def refused_login(asked: str | None, sshd_user: str) -> bool:
+    """Whether the job's sshd would refuse ssh's user `asked` (None: ssh's own default, which
+    the daemon cannot know): only a real account is checked, as the sshd runs as that
+    account and takes no other name; a faked passwd entry takes any."""
+    return asked is not None and asked != sshd_user and sshd_user != FAKE_PASSWD_USER
 
 
 def parent_pid(pid: int) -> int:

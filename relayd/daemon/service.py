@@ -216,7 +216,7 @@ class RelayDaemon:
         wait = request.wait if request.wait is not None else self.config.wait_for_running
         credentials, _ = await self.reacher.open_leg(LegRequest(job, request.user, wait), lambda text: None, True)
         try:
-            if request.user is not None and request.user != credentials.user:
+            if direct.refused_login(request.user, credentials.user):
                 raise JobUnreachable(f"the sshd of job {job.job_id} logs in only as {credentials.user}: "
                                      f"ssh {credentials.user}@{request.host} (or -l {credentials.user})")
             self.grants.grant(direct.parent_pid(helper_pid), job, credentials)
