@@ -63,6 +63,10 @@ def make_submit(description: dict[str, str]) -> Any:
     return submit
 
 
+# What the schedd says when an edited job is no longer in the queue (qmgmt's SetAttribute).
+_LEFT_THE_QUEUE = "nonexistent job"
+
+
 class HTCondorSubmitter(HTCondorSource):
     """The relay's jobs on a real schedd, through the htcondor2 bindings."""
 
@@ -93,7 +97,8 @@ class HTCondorSubmitter(HTCondorSource):
                 try:
                     schedd.edit(job, attr, value, flags=htcondor2.TransactionFlag.SetDirty)
                 except Exception as exc:  # HTCondorException from the bindings
-                    failed.append(f"{job}: {exc}")
+                    if _LEFT_THE_QUEUE not in str(exc):  # removed meanwhile (relayd release): the heartbeat forgets it
+                        failed.append(f"{job}: {exc}")
             if failed:
                 raise RuntimeError("; ".join(failed))
 
@@ -104,7 +109,8 @@ class HTCondorSubmitter(HTCondorSource):
 
         spec = job_spec(jobs)
         if spec:
-            self._call("remove jobs", lambda schedd: schedd.act(htcondor2.JobAction.Remove, spec, reason))
+            # As a (text, code) pair: htcondor2 (25.14) drops a reason given as a plain string.
+            self._call("remove jobs", lambda schedd: schedd.act(htcondor2.JobAction.Remove, spec, (reason, 0)))
 
     def never_matches(self, job: JobName) -> str | None:
         import htcondor2

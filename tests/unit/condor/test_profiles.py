@@ -150,3 +150,49 @@ def test_the_htcondor2_submitter_without_a_schedd_says_so():
         submitter.submit(submit_description(Profile("gpu"), 60, time.time()))
     with pytest.raises(LookupFailed, match=r"^cannot edit jobs \(the local schedd\): "):
         submitter.edit([JobName(1, 0)], "CondorRelayHeartbeat", "1")
+
+
+class _RecordingSchedd:
+    """Stands for htcondor2.Schedd where the bindings' own behaviour is not what is tested."""
+
+    def __init__(self, missing: set[str] = frozenset()) -> None:
+        self.acts: list[tuple] = []
+        self.edits: list[str] = []
+        self.missing = missing
+
+    def act(self, action, spec, reason=None):  # noqa: ANN001
+        self.acts.append((action, spec, reason))
+
+    def edit(self, job, attr, value, flags=None):  # noqa: ANN001
+        if job in self.missing:  # the schedd's own words for a job no longer in the queue
+            raise RuntimeError(f"Unable to commit transaction:Modifying attribute {attr} in nonexistent job {job}")
+        self.edits.append(job)
+
+
+def test_the_removal_reason_reaches_the_schedd_as_htcondor2_keeps_it(monkeypatch):
+    import htcondor2
+
+    from relayd.condor.names import JobName
+    from relayd.condor.submit import HTCondorSubmitter
+
+    schedd = _RecordingSchedd()
+    submitter = HTCondorSubmitter()
+    monkeypatch.setattr(submitter, "_schedd", lambda: schedd)
+    submitter.remove([JobName(5, 0)], "condor-relay: no client for 10 min")
+    # htcondor2 25.14's Schedd.act keeps a reason only as a (text, code) tuple; a str is dropped
+    assert schedd.acts == [(htcondor2.JobAction.Remove, ["5.0"], ("condor-relay: no client for 10 min", 0))]
+
+
+def test_editing_a_job_that_left_the_queue_is_not_an_error(monkeypatch):
+    from relayd.common.errors import LookupFailed
+    from relayd.condor.names import JobName
+    from relayd.condor.submit import HTCondorSubmitter
+
+    schedd = _RecordingSchedd(missing={"6.0"})
+    submitter = HTCondorSubmitter()
+    monkeypatch.setattr(submitter, "_schedd", lambda: schedd)
+    submitter.edit([JobName(6, 0), JobName(7, 0)], "CondorRelayIdleSince", "0")
+    assert schedd.edits == ["7.0"]
+    schedd.edit = lambda *args, **kwargs: (_ for _ in ()).throw(RuntimeError("permission denied"))
+    with pytest.raises(LookupFailed, match="permission denied"):
+        submitter.edit([JobName(7, 0)], "CondorRelayIdleSince", "0")
