@@ -100,6 +100,7 @@ def start_daemon(socket_path: str, display: ProgressDisplay) -> _socket.socket:
         raise StartFailed(f"not starting relayd: {paths.runtime_dir} is not safe ({why}); "
                           "run `relayd ssh-config install` again")
     try:
+        private_dir(paths.state_dir)  # first: the runtime dir may be inside it (its fallback)
         private_dir(paths.runtime_dir)
     except UnusablePath as exc:
         raise StartFailed(str(exc)) from None

@@ -62,6 +62,30 @@ def test_runtime_dir_under_another_users_directory_falls_back_to_the_state_dir(h
         relay.stop()
 
 
+@needs_root
+def test_the_helper_starting_the_daemon_in_the_fallback_makes_the_state_dir_private_at_once(home, pool):
+    """The fallback runtime dir is inside the state dir: the helper creates the state dir 0700
+    first, so the daemon has no mode to correct (it used to log "had mode 755" at every first
+    start; seen on a real pool)."""
+    shared = home.root / "shared"
+    shared.mkdir(mode=0o755)
+    os.chown(shared, NOBODY, NOBODY)
+    (shared / "xdg").mkdir(mode=0o700)
+    home.env["XDG_RUNTIME_DIR"] = str(shared / "xdg")
+    relay = RelayProcess(FallbackHome(home.root, home.env), pool)
+    relay.configure()
+    relay.write_ssh_config()
+    state = Path(home.env["XDG_STATE_HOME"]) / "condor-relay"
+    try:
+        assert not relay.home.socket.parent.exists()
+        done = relay.ssh(relay.running_job(), "true")  # the helper starts the daemon
+        assert done.returncode == 0, done.stderr
+        assert state.stat().st_mode & 0o777 == 0o700
+        assert "had mode" not in daemon_log(relay.home), daemon_log(relay.home)
+    finally:
+        subprocess.run([RELAYD, "stop"], env=relay.home.env, capture_output=True, timeout=30)
+
+
 def run_hook(tmp_path: Path, daemon_pid: int) -> subprocess.CompletedProcess:
     """The capture hook, run as condor_ssh_to_job runs it, against whatever listens at
     tmp_path/relay.sock, told that the daemon's pid is `daemon_pid`."""
