@@ -13,6 +13,7 @@ from dataclasses import dataclass
 from typing import Callable
 
 from twisted.internet import defer, task, threads
+from twisted.logger import Logger
 
 from relayd.common.errors import JobUnreachable, NegotiationFailed
 from relayd.common.humanize import duration
@@ -25,6 +26,8 @@ from relayd.condor.sources import make_source
 from relayd.config import Config, ScheddConfig
 
 Progress = Callable[[str], None]  # told each step while a job is reached, for the user
+
+log = Logger()
 
 RETRY_INTERVAL = 2.0  # between retries of a job that is starting up
 # A waiting client is told how long it has waited this often: each report is a line on its
@@ -140,6 +143,7 @@ class Reacher:
                 if not (grace and exc.retryable and waited < self._config.running_grace):
                     raise _with_owner(exc, ad) from None
                 if pacer.due(waited):
+                    log.info("job {job}: condor_ssh_to_job refused it ({why}); retrying", job=job.job_id, why=exc)
                     progress(f"job {job.job_id} is starting up; condor_ssh_to_job refuses it for now, retrying "
                              f"for up to {duration(self._config.running_grace)}")
                 await task.deferLater(self._reactor, RETRY_INTERVAL, lambda: None)

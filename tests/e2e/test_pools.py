@@ -87,6 +87,7 @@ def test_a_job_that_just_started_is_retried_until_its_sshd_can_start(relay):
     done = relay.ssh(host_of(job), "echo ok")
     assert done.returncode == 0 and done.stdout == b"ok\n", done.stderr
     assert relay.negotiations() >= 2  # the first attempts were refused as retryable
+    assert f"job {job[0]}.{job[1]}: condor_ssh_to_job refused it (" in relay.log()  # with the tool's reason
 
 
 def open_session(relay, job) -> subprocess.Popen:
