@@ -24,6 +24,7 @@ from pathlib import Path
 from typing import Callable
 
 from relayd.sandbox import pool as sandbox
+from relayd.sandbox.processes import ProcessId, kill_tree
 
 VENV_BIN = Path(sys.executable).parent
 
@@ -229,6 +230,14 @@ def negotiator_environments(pool_dir: Path) -> dict[int, dict[str, str]]:
         if environ.get("CONDOR_RELAY_SANDBOX") == str(pool_dir):
             found[int(entry.name)] = environ
     return found
+
+
+def kill_job_sshds(pool_dir: Path, cluster: int, proc: int) -> None:
+    """SIGKILL every sshd of the job with its session processes, as an OOM killer might."""
+    for pid in sandbox.sshd_pids(pool_dir, cluster, proc):
+        process = ProcessId.of(pid)
+        if process is not None:
+            kill_tree(process)
 
 
 def wait_for(predicate: Callable[[], object], timeout: float = 10.0) -> bool:

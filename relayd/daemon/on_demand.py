@@ -121,12 +121,12 @@ class OnDemand:
         # Asked every time, not taken from memory: `relayd release`, a hold or the pool may
         # have removed the job while its connection's end is still being explained.
         shared = self._pending.get(key)
+        first = shared is None
         if shared is None:
             shared = self._pending[key] = _Shared()
-            waiter = shared.join(progress)  # before the wait starts, which ends when no one waits
+        waiter = shared.join(progress)  # before the wait starts, which ends when no one waits
+        if first:
             defer.ensureDeferred(self._obtain(key, profile, submitter, shared))
-        else:
-            waiter = shared.join(progress)
         try:
             job = await waiter
         except defer.CancelledError:  # its client left (relayd.daemon.control cancels its connect)
@@ -235,7 +235,6 @@ class OnDemand:
     def _tick(self) -> None:
         now = self.reactor.seconds()
         for key, held in list(self.jobs.items()):
-            profile = self.config.profiles.get(held.profile)
             if self._in_use(key, held):
                 held.last_used = now
                 if held.idle_since != 0:
@@ -245,9 +244,10 @@ class OnDemand:
             if held.idle_since in (None, 0):
                 held.idle_since = time.time() - (now - held.last_used)
                 self._edit(key, held, IDLE_SINCE_ATTR, str(int(held.idle_since)))
-            linger = profile.linger if profile is not None else 0.0
+            linger = self._linger(held)
             if now - held.last_used >= linger:
-                self.release(key, f"no client for {duration(linger)}" if profile else "its profile left the config")
+                self.release(key, f"no client for {duration(linger)}" if held.profile in self.config.profiles
+                             else "its profile left the config")
         if now >= self._next_heartbeat and not self._beating:
             self._next_heartbeat = now + self.config.heartbeat_interval
             defer.ensureDeferred(self._heartbeat())
@@ -262,9 +262,13 @@ class OnDemand:
         """Seconds before the job is removed for want of clients; None while one uses it."""
         if self._in_use(key, held):
             return None
+        return max(0.0, self._linger(held) - (self.reactor.seconds() - held.last_used))
+
+    def _linger(self, held: HeldJob) -> float:
+        """How long the job stays without a client: its profile's linger, none once the
+        profile left the config."""
         profile = self.config.profiles.get(held.profile)
-        linger = profile.linger if profile is not None else 0.0
-        return max(0.0, linger - (self.reactor.seconds() - held.last_used))
+        return profile.linger if profile is not None else 0.0
 
     def release(self, key: Key, reason: str) -> None:
         """Remove the job held for a profile, and close its connections."""

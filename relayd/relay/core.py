@@ -37,8 +37,9 @@ refused with "resource shortage", as OpenSSH refuses what it has no descriptors 
 
 A job's sshd allows `MaxSessions` (10) session channels per connection. When every leg is
 full, session opens wait while the owner negotiates another leg (`need_leg`), so clients
-never see the limit; a session that ends on a leg gives its room to the oldest waiting one. Global requests and everything they cause (remote forwards) live on
-the first leg, which is kept while any client is attached.
+never see the limit; a session that ends on a leg gives its room to the oldest waiting one.
+Global requests and everything they cause (remote forwards) live on the first leg, which
+is kept while any client is attached.
 
 Agent and X11 forwarding cannot share a leg: the job's sshd sets up one agent socket per
 connection (at its first auth-agent-req) and puts it in the environment of every later

@@ -4,16 +4,18 @@ the job's key served from the daemon's memory through its agent socket, per ssh 
 from __future__ import annotations
 
 import base64
+import contextlib
 import hashlib
 import os
 import socket
 import struct
 import subprocess
 import tempfile
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from harness import assert_ssh_fails, wait_for
+from harness import assert_ssh_fails, kill_job_sshds, wait_for
 
 from relayd.daemon.direct import (
     AGENT_FAILURE,
@@ -24,7 +26,6 @@ from relayd.daemon.direct import (
 )
 from relayd.relay.wire import string, u32
 from relayd.sandbox import pool as sandbox
-from relayd.sandbox.processes import ProcessId, kill_tree
 
 JOB_USER = "condor-relay-job"  # the user the sandbox's job sshd runs as (tests run as root)
 
@@ -38,6 +39,19 @@ def direct_job(relay) -> tuple[str, str]:
     cluster, proc = sandbox.submit_job(relay.pool_dir, status="running")
     host = f"job-{cluster}.{proc}.direct.condor"
     return f"{JOB_USER}@{host}", host
+
+
+@contextlib.contextmanager
+def live_ssh(relay, target: str) -> Iterator[None]:
+    """An ssh to `target` whose session lasts (20 s at most), from when it is up to the block's end."""
+    ssh = subprocess.Popen(relay.ssh_argv(target, "echo up; sleep 20"), env=relay.home.env,
+                           stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    try:
+        assert ssh.stdout is not None and ssh.stdout.readline() == b"up\n"
+        yield
+    finally:
+        ssh.kill()
+        ssh.communicate()
 
 
 def agent_ask(relay, message: bytes) -> bytes:
@@ -98,10 +112,7 @@ def test_wrong_user_is_told_which_one_the_job_takes(relay):
 
 def test_agent_gives_the_key_only_to_the_ssh_it_was_negotiated_for(relay):
     target, _ = direct_job(relay)
-    ssh = subprocess.Popen(relay.ssh_argv(target, "echo up; sleep 20"), env=relay.home.env,
-                           stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
-    try:
-        assert ssh.stdout is not None and ssh.stdout.readline() == b"up\n"
+    with live_ssh(relay, target):
         # the job's public key, from its sshd's authorized_keys in the job's sandbox
         authorized = Path(sandbox.load_ads(relay.pool_dir)[-1]["Iwd"]) / ".condor_ssh_to_job_1" / "authorized_keys"
         words = authorized.read_text().split()
@@ -110,9 +121,6 @@ def test_agent_gives_the_key_only_to_the_ssh_it_was_negotiated_for(relay):
         assert agent_ask(relay, bytes([AGENTC_REQUEST_IDENTITIES])) == bytes([AGENT_IDENTITIES_ANSWER]) + u32(0)
         sign = bytes([AGENTC_SIGN_REQUEST]) + string(blob) + string(b"session data") + u32(0)
         assert agent_ask(relay, sign) == bytes([AGENT_FAILURE])
-    finally:
-        ssh.kill()
-        ssh.communicate()
 
 
 def test_job_key_never_reaches_the_disk(relay):
@@ -137,18 +145,12 @@ def test_job_key_never_reaches_the_disk(relay):
 @pytest.mark.skipif(os.geteuid() != 0, reason="needs root to act as another user")
 def test_another_user_cannot_reach_the_agent_socket(relay):
     target, _ = direct_job(relay)
-    ssh = subprocess.Popen(relay.ssh_argv(target, "echo up; sleep 20"), env=relay.home.env,
-                           stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
-    try:
-        assert ssh.stdout is not None and ssh.stdout.readline() == b"up\n"
+    with live_ssh(relay, target):
         agent = str(relay.home.socket.parent / AGENT_SOCKET)
         probe = "import socket,sys; s=socket.socket(socket.AF_UNIX); s.connect(sys.argv[1]); print('connected')"
         done = subprocess.run(["setpriv", "--reuid=nobody", "--regid=nogroup", "--clear-groups", "/usr/bin/python3",
                                "-c", probe, agent], capture_output=True, timeout=30)
         assert done.returncode != 0 and b"PermissionError" in done.stderr, done  # from connect(), not exec
-    finally:
-        ssh.kill()
-        ssh.communicate()
 
 
 def test_sshd_killed_mid_download_fails_loudly(relay):
@@ -161,10 +163,7 @@ def test_sshd_killed_mid_download_fails_loudly(relay):
     received = 0
     while chunk := pull.stdout.read1(1 << 20):
         if received < (64 << 20) <= received + len(chunk):
-            for pid in sandbox.sshd_pids(relay.pool_dir, cluster, proc):
-                process = ProcessId.of(pid)
-                if process is not None:
-                    kill_tree(process)
+            kill_job_sshds(relay.pool_dir, cluster, proc)
         received += len(chunk)
     pull.wait(30)
     stderr = pull.stderr.read().decode()

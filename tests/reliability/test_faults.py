@@ -12,11 +12,18 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import pytest
-from harness import RELAYD, EchoSession, RelayProcess, assert_fails, negotiator_environments, wait_for
+from harness import (
+    RELAYD,
+    EchoSession,
+    RelayProcess,
+    assert_fails,
+    kill_job_sshds,
+    negotiator_environments,
+    wait_for,
+)
 
 from relayd.condor.names import parse_host
 from relayd.sandbox import pool as sandbox
-from relayd.sandbox.processes import ProcessId, kill_tree
 
 MIB = 1024 * 1024
 TRANSFER = 200 * MIB
@@ -30,11 +37,7 @@ def job_id(host: str) -> tuple[int, int]:
 
 
 def kill_sshds(relay: RelayProcess, host: str) -> None:
-    """SIGKILL every sshd of the job with its session processes, as an OOM killer might."""
-    for pid in sandbox.sshd_pids(relay.pool_dir, *job_id(host)):
-        process = ProcessId.of(pid)
-        if process is not None:
-            kill_tree(process)
+    kill_job_sshds(relay.pool_dir, *job_id(host))
 
 
 def assert_failed_loudly(done: subprocess.Popen, host: str) -> None:
